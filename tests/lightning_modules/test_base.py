@@ -1,0 +1,146 @@
+"""CausalLMModule on its own: building, learning, optimizer wiring, config errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.errors import ConfigError
+from lightning_modules import CausalLMModule
+from lightning_modules.base import LoraSettings
+from tests.helpers import TINY_LLAMA, cpu_trainer, fixed_batch
+
+TEXTS = [
+    "Alice Varen was born in Orlin in 1987.",
+    "Bram Oster works for Kestrel Labs.",
+    "The river Tal flows to the sea.",
+    "Question: Where was Alice Varen born? Answer: Orlin.",
+]
+
+
+def make_module(tokenizer_dir, **kwargs) -> CausalLMModule:
+    kwargs.setdefault("optimizer", lambda params: torch.optim.AdamW(params, lr=1e-2))
+    module = CausalLMModule(model_config=TINY_LLAMA, tokenizer=str(tokenizer_dir), **kwargs)
+    module.configure_model()
+    return module
+
+
+def repeat_loader(batch, n: int) -> DataLoader:
+    return DataLoader([batch] * n, batch_size=None)
+
+
+def test_builds_tiny_model_from_config(tiny_tokenizer_dir, tiny_tokenizer) -> None:
+    module = make_module(tiny_tokenizer_dir)
+    assert module.model.config.vocab_size == len(tiny_tokenizer)
+    assert module.model.config.num_hidden_layers == 2
+    assert module.lm_head().weight.shape == (len(tiny_tokenizer), 32)
+
+
+def test_loss_matches_transformers_cross_entropy(tiny_tokenizer_dir, tiny_tokenizer) -> None:
+    module = make_module(tiny_tokenizer_dir)
+    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    summed = module.compute_losses(batch)["loss"]
+    tokens = (batch["labels"][:, 1:] != -100).sum()
+    reference = module.model(**batch).loss  # transformers' own shifted mean CE
+    torch.testing.assert_close(summed / tokens, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_overfits_one_batch(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
+    module = make_module(tiny_tokenizer_dir, total_steps=60)
+    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    with torch.no_grad():
+        initial = module.compute_losses(batch)["loss"] / (batch["labels"][:, 1:] != -100).sum()
+    cpu_trainer(tmp_path, max_steps=60).fit(module, repeat_loader(batch, 60))
+    with torch.no_grad():
+        final = module.compute_losses(batch)["loss"] / (batch["labels"][:, 1:] != -100).sum()
+    assert initial > 4.0
+    assert final < 0.3, f"did not overfit: {initial:.3f} -> {final:.3f}"
+
+
+def test_every_trainable_parameter_changes_after_one_step(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
+    module = make_module(tiny_tokenizer_dir, total_steps=1)
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+    cpu_trainer(tmp_path, max_steps=1).fit(module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 1))
+    unchanged = [n for n, p in module.model.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
+    assert not unchanged, f"parameters did not change: {unchanged}"
+
+
+def test_lora_trains_only_adapters(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
+    module = make_module(tiny_tokenizer_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), total_steps=1)
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in module.model.named_parameters() if not p.requires_grad}
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+    cpu_trainer(tmp_path, max_steps=1).fit(module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 1))
+    params = dict(module.model.named_parameters())
+    assert all(torch.equal(params[n], v) for n, v in frozen.items())
+    # lora_B starts at zero, so after one step at least every lora_B matrix has moved
+    assert all(not torch.equal(params[n], before[n]) for n in trainable if "lora_B" in n)
+
+
+def test_weight_decay_groups_exclude_norms_biases_and_embeddings(tiny_tokenizer_dir) -> None:
+    module = make_module(tiny_tokenizer_dir)
+    decay, no_decay = module.parameter_groups()
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    assert all("norm" not in names[id(p)] and "embed" not in names[id(p)] for p in decay["params"])
+    assert any("norm" in names[id(p)] for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
+
+
+def test_eight_bit_adamw_is_a_config_choice(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
+    bnb = pytest.importorskip("bitsandbytes", reason="quant extra not installed")
+    module = make_module(
+        tiny_tokenizer_dir, optimizer=lambda params: bnb.optim.AdamW8bit(params, lr=1e-3), total_steps=2
+    )
+    before = module.lm_head().weight.detach().clone()
+    cpu_trainer(tmp_path, max_steps=2).fit(module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 2))
+    assert isinstance(module.trainer.optimizers[0], bnb.optim.AdamW8bit)
+    assert not torch.equal(module.lm_head().weight, before)
+
+
+def test_model_source_must_be_exactly_one() -> None:
+    with pytest.raises(ConfigError, match="model.init_args.model_name_or_path"):
+        CausalLMModule()
+    with pytest.raises(ConfigError, match="exactly one"):
+        CausalLMModule(model_name_or_path="x", model_config=TINY_LLAMA)
+
+
+def test_sequence_length_above_model_maximum_is_rejected(tiny_tokenizer_dir) -> None:
+    module = CausalLMModule(model_config=TINY_LLAMA, tokenizer=str(tiny_tokenizer_dir), max_length=4096)
+    with pytest.raises(ConfigError, match=r"data.init_args.max_length.*max_position_embeddings=128"):
+        module.configure_model()
+
+
+def test_flash_attention_without_cuda_is_a_clear_error(tiny_tokenizer_dir) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    module = CausalLMModule(
+        model_config=TINY_LLAMA, tokenizer=str(tiny_tokenizer_dir), attn_implementation="flash_attention_2"
+    )
+    with pytest.raises(ConfigError, match="attn_implementation.*flash-attn"):
+        module.configure_model()
+
+
+def test_loads_local_save_pretrained_directory(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
+    source = make_module(tiny_tokenizer_dir)
+    source.model.save_pretrained(tmp_path / "student")
+    tiny_tokenizer.save_pretrained(tmp_path / "student")
+    loaded = CausalLMModule(model_name_or_path=str(tmp_path / "student"))
+    loaded.configure_model()
+    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    torch.testing.assert_close(loaded.compute_losses(batch)["loss"], source.compute_losses(batch)["loss"])
+
+
+def test_warmup_cosine_schedule_shape() -> None:
+    from lightning_modules.schedulers import WarmupCosineLR
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupCosineLR(opt, warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
+    factors = [sched.lr_factor(s) for s in range(25)]
+    assert factors[0] == pytest.approx(0.2) and factors[3] == pytest.approx(0.8)
+    assert factors[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert factors[20] == pytest.approx(0.1) and factors[24] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        WarmupCosineLR(opt, total_steps=None).lr_factor(1)
