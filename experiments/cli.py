@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -28,8 +29,12 @@ class AdaptLMCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link tokenizer and sequence length from data to model, and max_steps to the scheduler."""
-        parser.link_arguments("data.tokenizer_path", "model.init_args.tokenizer", apply_on="instantiate")
-        parser.link_arguments("data.max_length", "model.init_args.max_length", apply_on="instantiate")
+        parser.link_arguments(
+            "data.tokenizer_path", "model.init_args.tokenizer", apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data.max_length", "model.init_args.max_length", apply_on="instantiate"
+        )
         parser.link_arguments("trainer.max_steps", "model.init_args.total_steps")
 
 
@@ -41,7 +46,7 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> AdaptLMCLI
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"config_filename": CONFIG_FILENAME, "overwrite": True},
-        parser_kwargs={"default_env": False},
+        parser_kwargs={"default_env": False, "exit_on_error": False},
         args=list(args) if args is not None else None,
         run=run,
     )
@@ -55,6 +60,9 @@ def main(args: Sequence[str] | None = None) -> None:
     )
     try:
         build_cli(args)
-    except AdaptLMError as error:
-        log.error("%s", error)
+    except (AdaptLMError, ArgumentError) as error:
+        message = str(error).strip()
+        if isinstance(error, ArgumentError):
+            message += "\n(run with --help for every accepted option)"
+        log.error("%s", message)
         sys.exit(2)

@@ -67,15 +67,24 @@ def format_table(before: dict[str, float], after: dict[str, float]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """Run both stages and print the before/after table; returns the two metric dicts."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="where runs are written")
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("runs/demo"), help="where runs are written"
+    )
     options = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     started = time.perf_counter()
     base = run_stage("base.yaml", options.output_dir, "base")
     base_export = find_callback(base, ExportCallback).export_dir
     log.info("base model exported to %s", base_export)
-    cpt = run_stage("cpt.yaml", options.output_dir, "cpt", [f"--model.init_args.model_name_or_path={base_export}"])
+    cpt = run_stage(
+        "cpt.yaml",
+        options.output_dir,
+        "cpt",
+        [f"--model.init_args.model_name_or_path={base_export}"],
+    )
     history = find_callback(cpt, KnowledgeEvalCallback).history
     before = next(e["metrics"] for e in history if e["stage"] == "fit_start")
     after = [e["metrics"] for e in history if e["stage"] == "fit_end"][-1]

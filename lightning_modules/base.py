@@ -186,7 +186,9 @@ class CausalLMModule(LightningModule):
             )
         model.config.use_cache = False
         if self.hparams.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         if self.hparams.lora is not None:
             model = self.add_lora(model, self.hparams.lora)
         return model
@@ -304,13 +306,17 @@ class CausalLMModule(LightningModule):
 
     # ------------------------------------------------------------------ validation
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         """Accumulate summed NLL and target tokens per validation set (token-weighted perplexity)."""
         hidden = self.hidden_states(batch)
         nll = self.cross_entropy_sum(hidden, batch["labels"]).detach()
         tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
         name = self._val_set_name(dataloader_idx)
-        sums = self._val_sums.setdefault(name, torch.zeros(2, dtype=torch.float64, device=self.device))
+        sums = self._val_sums.setdefault(
+            name, torch.zeros(2, dtype=torch.float64, device=self.device)
+        )
         sums += torch.stack([nll.double(), tokens.double()])
 
     def _val_set_name(self, dataloader_idx: int) -> str:
@@ -335,7 +341,12 @@ class CausalLMModule(LightningModule):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters, without weight decay for biases, norms and embeddings."""
         decay, no_decay = [], []
-        embeddings = {id(p) for m in self.model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        embeddings = {
+            id(p)
+            for m in self.model.modules()
+            if isinstance(m, nn.Embedding)
+            for p in m.parameters()
+        }
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
@@ -354,7 +365,10 @@ class CausalLMModule(LightningModule):
             scheduler = self.lr_scheduler_factory(optimizer)
             if getattr(scheduler, "total_steps", 0) is None:
                 scheduler.total_steps = self._total_steps()
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def _total_steps(self) -> int | None:
         total = self.hparams.total_steps
@@ -366,7 +380,9 @@ class CausalLMModule(LightningModule):
         """Log the gradient norm and learning rate at the logging cadence."""
         if self.trainer.global_step % max(1, self.trainer.log_every_n_steps) != 0:
             return
-        norms = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+        norms = [
+            p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None
+        ]
         if norms:
             grad_norm = torch.stack(norms).norm()
             if math.isfinite(grad_norm.item()):

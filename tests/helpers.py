@@ -21,7 +21,9 @@ TINY_LLAMA: dict[str, Any] = {
 
 def fixed_batch(tokenizer: Any, texts: list[str], length: int = 24) -> dict[str, torch.Tensor]:
     """Right-padded batch with labels = input ids (padding ignored) and per-row positions."""
-    encoded = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    encoded = tokenizer(
+        texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+    )
     labels = encoded["input_ids"].clone()
     labels[encoded["attention_mask"] == 0] = -100
     positions = torch.arange(length).expand(len(texts), length).clone()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -58,21 +60,35 @@ def test_overfits_one_batch(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> Non
     assert final < 0.3, f"did not overfit: {initial:.3f} -> {final:.3f}"
 
 
-def test_every_trainable_parameter_changes_after_one_step(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
+def test_every_trainable_parameter_changes_after_one_step(
+    tmp_path, tiny_tokenizer_dir, tiny_tokenizer
+) -> None:
     module = make_module(tiny_tokenizer_dir, total_steps=1)
     before = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
-    cpu_trainer(tmp_path, max_steps=1).fit(module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 1))
-    unchanged = [n for n, p in module.model.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
+    cpu_trainer(tmp_path, max_steps=1).fit(
+        module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 1)
+    )
+    unchanged = [
+        n
+        for n, p in module.model.named_parameters()
+        if p.requires_grad and torch.equal(p, before[n])
+    ]
     assert not unchanged, f"parameters did not change: {unchanged}"
 
 
 def test_lora_trains_only_adapters(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
-    module = make_module(tiny_tokenizer_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), total_steps=1)
+    module = make_module(
+        tiny_tokenizer_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), total_steps=1
+    )
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    frozen = {n: p.detach().clone() for n, p in module.model.named_parameters() if not p.requires_grad}
+    frozen = {
+        n: p.detach().clone() for n, p in module.model.named_parameters() if not p.requires_grad
+    }
     before = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
-    cpu_trainer(tmp_path, max_steps=1).fit(module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 1))
+    cpu_trainer(tmp_path, max_steps=1).fit(
+        module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 1)
+    )
     params = dict(module.model.named_parameters())
     assert all(torch.equal(params[n], v) for n, v in frozen.items())
     # lora_B starts at zero, so after one step at least every lora_B matrix has moved
@@ -91,10 +107,14 @@ def test_weight_decay_groups_exclude_norms_biases_and_embeddings(tiny_tokenizer_
 def test_eight_bit_adamw_is_a_config_choice(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
     bnb = pytest.importorskip("bitsandbytes", reason="quant extra not installed")
     module = make_module(
-        tiny_tokenizer_dir, optimizer=lambda params: bnb.optim.AdamW8bit(params, lr=1e-3), total_steps=2
+        tiny_tokenizer_dir,
+        optimizer=lambda params: bnb.optim.AdamW8bit(params, lr=1e-3),
+        total_steps=2,
     )
     before = module.lm_head().weight.detach().clone()
-    cpu_trainer(tmp_path, max_steps=2).fit(module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 2))
+    cpu_trainer(tmp_path, max_steps=2).fit(
+        module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 2)
+    )
     assert isinstance(module.trainer.optimizers[0], bnb.optim.AdamW8bit)
     assert not torch.equal(module.lm_head().weight, before)
 
@@ -107,8 +127,12 @@ def test_model_source_must_be_exactly_one() -> None:
 
 
 def test_sequence_length_above_model_maximum_is_rejected(tiny_tokenizer_dir) -> None:
-    module = CausalLMModule(model_config=TINY_LLAMA, tokenizer=str(tiny_tokenizer_dir), max_length=4096)
-    with pytest.raises(ConfigError, match=r"data.init_args.max_length.*max_position_embeddings=128"):
+    module = CausalLMModule(
+        model_config=TINY_LLAMA, tokenizer=str(tiny_tokenizer_dir), max_length=4096
+    )
+    with pytest.raises(
+        ConfigError, match=r"data.init_args.max_length.*max_position_embeddings=128"
+    ):
         module.configure_model()
 
 
@@ -116,20 +140,26 @@ def test_flash_attention_without_cuda_is_a_clear_error(tiny_tokenizer_dir) -> No
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     module = CausalLMModule(
-        model_config=TINY_LLAMA, tokenizer=str(tiny_tokenizer_dir), attn_implementation="flash_attention_2"
+        model_config=TINY_LLAMA,
+        tokenizer=str(tiny_tokenizer_dir),
+        attn_implementation="flash_attention_2",
     )
     with pytest.raises(ConfigError, match="attn_implementation.*flash-attn"):
         module.configure_model()
 
 
-def test_loads_local_save_pretrained_directory(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
+def test_loads_local_save_pretrained_directory(
+    tmp_path, tiny_tokenizer_dir, tiny_tokenizer
+) -> None:
     source = make_module(tiny_tokenizer_dir)
     source.model.save_pretrained(tmp_path / "student")
     tiny_tokenizer.save_pretrained(tmp_path / "student")
     loaded = CausalLMModule(model_name_or_path=str(tmp_path / "student"))
     loaded.configure_model()
     batch = fixed_batch(tiny_tokenizer, TEXTS)
-    torch.testing.assert_close(loaded.compute_losses(batch)["loss"], source.compute_losses(batch)["loss"])
+    torch.testing.assert_close(
+        loaded.compute_losses(batch)["loss"], source.compute_losses(batch)["loss"]
+    )
 
 
 def test_warmup_cosine_schedule_shape() -> None:
@@ -140,7 +170,7 @@ def test_warmup_cosine_schedule_shape() -> None:
     factors = [sched.lr_factor(s) for s in range(25)]
     assert factors[0] == pytest.approx(0.2) and factors[3] == pytest.approx(0.8)
     assert factors[4] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
     assert factors[20] == pytest.approx(0.1) and factors[24] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="total_steps"):
         WarmupCosineLR(opt, total_steps=None).lr_factor(1)
