@@ -16,7 +16,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from datamodules.errors import AdaptLMError
+from datamodules.errors import find_user_error
 from lightning_modules.base import CausalLMModule
 
 log = logging.getLogger("experiments")
@@ -60,9 +60,14 @@ def main(args: Sequence[str] | None = None) -> None:
     )
     try:
         build_cli(args)
-    except (AdaptLMError, ArgumentError) as error:
-        message = str(error).strip()
-        if isinstance(error, ArgumentError):
-            message += "\n(run with --help for every accepted option)"
-        log.error("%s", message)
+    except ArgumentError as error:
+        user_error = find_user_error(error)
+        message = str(user_error) if user_error else str(error).strip()
+        log.error("%s\n(run with --help for every accepted option)", message)
+        sys.exit(2)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        log.error("%s", user_error)
         sys.exit(2)

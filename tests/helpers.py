@@ -49,3 +49,63 @@ def cpu_trainer(tmp_path: Path, **kwargs: Any) -> pl.Trainer:
     }
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
+
+
+class RecordSteps(pl.Callback):
+    """Append, per micro-batch, the rank, step, sample indices and (rank 0) the step's logged loss to JSONL.
+
+    Used by resume and DDP tests through the CLI (`class_path: tests.helpers.RecordSteps`).
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        import json
+
+        record = {
+            "rank": trainer.global_rank,
+            "global_step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "batch_idx": batch_idx,
+            "sample_index": batch["sample_index"].tolist(),
+            "step_target_tokens": int(batch["step_target_tokens"]),
+        }
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 and trainer.global_rank == 0:
+            record["loss"] = float(trainer.callback_metrics["train/loss"])
+        with open(f"{self.path}.rank{trainer.global_rank}", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """All records `RecordSteps` wrote under `path` (every rank), in file order per rank."""
+    import json
+
+    records = []
+    for file in sorted(path.parent.glob(path.name + ".rank*")):
+        records += [json.loads(line) for line in file.read_text().splitlines()]
+    return records
+
+
+def steps_view(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per optimizer step (1-based, after the step): the sorted sample set and rank 0's logged loss."""
+    steps: dict[int, dict[str, Any]] = {}
+    for r in records:
+        entry = steps.setdefault(
+            r["global_step"],
+            {"samples": [], "loss": None, "tokens": r["step_target_tokens"], "epoch": r["epoch"]},
+        )
+        entry["samples"] += r["sample_index"]
+        if "loss" in r:
+            entry["loss"] = r["loss"]
+    for entry in steps.values():
+        entry["samples"] = sorted(entry["samples"])
+    return steps

@@ -1,0 +1,311 @@
+"""Rows of fixed length built from a tokenized store, and the collator that batches them.
+
+A *row* is a sequence of at most `max_length` tokens made of *segments*, each a contiguous range of
+the store's tokens placed one after the other from column 0. Every segment restarts `position_ids`
+at 0, and the first token of every segment after column 0 gets `labels = -100` (it cannot be
+predicted from the previous document). The row layout is computed once for the whole store with
+numpy, as three arrays (segment starts, segment lengths, per-row segment pointers); building a row
+only copies its few segments.
+
+Layouts:
+
+- `kind=document`, packing: concatenate all documents (each ends with EOS) and cut every
+  `max_length` tokens; documents longer than a row continue on the next row. Only the last row
+  is padded.
+- `kind=document`, no packing: one document per row, split into `max_length` chunks when longer.
+- `kind=sample`, packing: greedy sequential packing, a sample is never split; a sample that does not
+  fit the current row starts a new one; samples longer than a row are truncated or skipped.
+- `kind=sample`, no packing: one sample per row, truncated or skipped when longer than a row.
+
+Padding: `pad_token_id`, `labels = -100`, `attention_mask = 0`, and `position_ids` counting up
+from 0 as one pseudo-segment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamodules.store import TokenizedStore
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class PackingStats:
+    """What packing one store produced."""
+
+    rows: int
+    overlong: int  # samples longer than a row (kind=sample), truncated or skipped per policy
+    overlong_policy: str
+    split_documents: int  # documents spread over more than one row (kind=document)
+    padding_tokens: int
+
+
+def _row_pointers_from_segment_rows(segment_rows: np.ndarray, n_rows: int) -> np.ndarray:
+    return np.searchsorted(segment_rows, np.arange(n_rows + 1), side="left").astype(np.int64)
+
+
+def _pack_documents(offsets: np.ndarray, max_length: int) -> tuple[np.ndarray, ...]:
+    n_tokens = int(offsets[-1])
+    cuts = np.arange(0, n_tokens, max_length, dtype=np.int64)
+    bounds = np.union1d(offsets, cuts)
+    seg_start = bounds[:-1]
+    seg_len = np.diff(bounds)
+    n_rows = len(cuts)
+    row_ptr = _row_pointers_from_segment_rows(seg_start // max_length, n_rows)
+    return seg_start, seg_len, row_ptr
+
+
+def _split_documents(offsets: np.ndarray, max_length: int) -> tuple[np.ndarray, ...]:
+    lengths = np.diff(offsets)
+    chunks = -(-lengths // max_length)
+    doc = np.repeat(np.arange(len(lengths)), chunks)
+    first_chunk = np.cumsum(chunks) - chunks
+    chunk_idx = np.arange(len(doc)) - np.repeat(first_chunk, chunks)
+    seg_start = offsets[doc] + chunk_idx * max_length
+    seg_len = np.minimum(max_length, offsets[doc + 1] - seg_start)
+    row_ptr = np.arange(len(doc) + 1, dtype=np.int64)
+    return seg_start, seg_len, row_ptr
+
+
+def _greedy_pack(lengths: np.ndarray, max_length: int) -> np.ndarray:
+    """Row pointers of next-fit packing of `lengths` (each <= max_length), in order."""
+    cum = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=cum[1:])
+    starts = []
+    i, n = 0, len(lengths)
+    while i < n:  # one iteration per row, each a binary search
+        starts.append(i)
+        i = int(np.searchsorted(cum, cum[i] + max_length, side="right")) - 1
+    starts.append(n)
+    return np.asarray(starts, dtype=np.int64)
+
+
+class PackedRows:
+    """The row layout of one store for one `max_length`, kind and packing mode.
+
+    Args:
+        store: The tokenized source.
+        max_length: Row length in tokens.
+        kind: `document` or `sample` (see the module docstring).
+        packing: Pack several documents/samples per row (True) or one per row (False).
+        overlong_policy: `truncate` or `skip` for samples longer than a row (kind=sample).
+        name: Name used in logs.
+    """
+
+    def __init__(
+        self,
+        store: TokenizedStore,
+        max_length: int,
+        *,
+        kind: str = "document",
+        packing: bool = True,
+        overlong_policy: str = "truncate",
+        name: str = "",
+    ) -> None:
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        self.store = store
+        self.max_length = int(max_length)
+        self.name = name or store.directory.name
+        offsets = store.offsets
+        lengths = np.diff(offsets)
+        overlong = 0
+        split_documents = 0
+        if kind == "document":
+            if packing:
+                seg_start, seg_len, row_ptr = _pack_documents(offsets, max_length)
+                # A document is split when its first and last tokens land in different rows.
+                first_row, last_row = offsets[:-1] // max_length, (offsets[1:] - 1) // max_length
+                split_documents = int(np.count_nonzero(first_row != last_row))
+            else:
+                seg_start, seg_len, row_ptr = _split_documents(offsets, max_length)
+                split_documents = int(np.count_nonzero(lengths > max_length))
+        elif kind == "sample":
+            too_long = lengths > max_length
+            overlong = int(np.count_nonzero(too_long))
+            if overlong_policy == "skip":
+                keep = ~too_long
+                seg_start, seg_len = offsets[:-1][keep], lengths[keep]
+            elif overlong_policy == "truncate":
+                seg_start, seg_len = offsets[:-1], np.minimum(lengths, max_length)
+            else:
+                raise ValueError(f"unknown overlong_policy {overlong_policy!r}")
+            if len(seg_len) == 0:
+                raise ValueError(f"source {self.name}: every sample is longer than {max_length}")
+            if packing:
+                row_ptr = _greedy_pack(seg_len, max_length)
+            else:
+                row_ptr = np.arange(len(seg_len) + 1, dtype=np.int64)
+            if overlong:
+                verb = "truncated to" if overlong_policy == "truncate" else "skipped: longer than"
+                log.warning(
+                    "source %s: %d of %d samples %s max_length=%d",
+                    self.name,
+                    overlong,
+                    len(lengths),
+                    verb,
+                    max_length,
+                )
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+        self.seg_start = np.ascontiguousarray(seg_start, dtype=np.int64)
+        self.seg_len = np.ascontiguousarray(seg_len, dtype=np.int64)
+        self.row_ptr = row_ptr
+        real = np.add.reduceat(self.seg_len, row_ptr[:-1]) if len(row_ptr) > 1 else np.zeros(0)
+        self.real_lengths = real.astype(np.int64)
+        self.num_segments = np.diff(row_ptr)
+        # Targets of a row: every real token after column 0 except segment starts.
+        self.num_target_tokens = np.maximum(self.real_lengths - self.num_segments, 0)
+        self.stats = PackingStats(
+            rows=len(self),
+            overlong=overlong,
+            overlong_policy=overlong_policy if kind == "sample" else "split",
+            split_documents=split_documents,
+            padding_tokens=int(len(self) * max_length - self.real_lengths.sum()),
+        )
+
+    def __len__(self) -> int:
+        return len(self.row_ptr) - 1
+
+    def row(self, index: int, pad_token_id: int) -> dict[str, np.ndarray]:
+        """The arrays of row `index`, each of length `max_length`."""
+        length = self.max_length
+        input_ids = np.full(length, pad_token_id, dtype=np.int64)
+        labels = np.full(length, IGNORE_INDEX, dtype=np.int64)
+        position_ids = np.zeros(length, dtype=np.int64)
+        attention_mask = np.zeros(length, dtype=np.int64)
+        col = 0
+        tokens = self.store.tokens
+        for seg in range(self.row_ptr[index], self.row_ptr[index + 1]):
+            start, n = int(self.seg_start[seg]), int(self.seg_len[seg])
+            input_ids[col : col + n] = tokens[start : start + n]
+            labels[col : col + n] = input_ids[col : col + n]
+            if col > 0:
+                labels[col] = IGNORE_INDEX
+            position_ids[col : col + n] = np.arange(n)
+            attention_mask[col : col + n] = 1
+            col += n
+        position_ids[col:] = np.arange(length - col)
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            "attention_mask": attention_mask,
+        }
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """Rows of several sources under one global row index (source 0's rows first, and so on).
+
+    `dataset[i]` or `dataset[(i, step_target_tokens)]` returns the arrays of global row `i` plus
+    `sample_index` (and `step_target_tokens` when given), ready for `collate_rows`.
+
+    Args:
+        parts: The packed rows of each source, in order.
+        pad_token_id: Token id used for padding.
+    """
+
+    def __init__(self, parts: Sequence[PackedRows], pad_token_id: int) -> None:
+        if not parts:
+            raise ValueError("PackedDataset needs at least one source")
+        self.parts = list(parts)
+        self.pad_token_id = int(pad_token_id)
+        sizes = np.array([len(p) for p in self.parts], dtype=np.int64)
+        self.row_offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=self.row_offsets[1:])
+        self.num_target_tokens_array = np.concatenate([p.num_target_tokens for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.row_offsets[-1])
+
+    @property
+    def source_sizes(self) -> list[int]:
+        """Rows per source."""
+        return [len(p) for p in self.parts]
+
+    def num_target_tokens(self, index: int | np.ndarray) -> int | np.ndarray:
+        """Target tokens (`labels[1:] != -100`) of row `index` (or of an array of rows)."""
+        result = self.num_target_tokens_array[index]
+        return int(result) if np.ndim(result) == 0 else result
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(source position, row within that source) of global row `index`."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} out of range for {len(self)} rows")
+        part = int(np.searchsorted(self.row_offsets, index, side="right")) - 1
+        return part, index - int(self.row_offsets[part])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        step_target_tokens = None
+        if isinstance(key, tuple):
+            key, step_target_tokens = key
+        index = int(key)
+        part, local = self.locate(index)
+        item: dict[str, Any] = self.parts[part].row(local, self.pad_token_id)
+        item["sample_index"] = index
+        if step_target_tokens is not None:
+            item["step_target_tokens"] = int(step_target_tokens)
+        return item
+
+
+class KeyedBatches(torch.utils.data.Dataset):
+    """Adapter for a `DataLoader` with `batch_size=None` whose sampler yields whole micro-batches
+    of keys: `batches[keys]` returns the list of rows that `collate_rows` turns into a batch."""
+
+    def __init__(self, dataset: PackedDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, keys: Sequence[Any]) -> list[dict[str, Any]]:
+        return [self.dataset[key] for key in keys]
+
+
+def collate_rows(
+    rows: Sequence[dict[str, Any]], pad_to_multiple_of: int = 8
+) -> dict[str, torch.Tensor]:
+    """Stack rows into the batch dict of `docs/design.md`.
+
+    Trailing columns that are padding in every row are trimmed (keeping a multiple of
+    `pad_to_multiple_of`), so batches of short samples are not padded to `max_length`.
+    `step_target_tokens` is taken from the rows (the sampler's count for the whole optimizer step)
+    or, when absent (evaluation), counted over this batch.
+    """
+    batch = {
+        key: torch.from_numpy(np.stack([r[key] for r in rows]))
+        for key in ("input_ids", "labels", "position_ids", "attention_mask")
+    }
+    width = batch["input_ids"].shape[1]
+    used = int(batch["attention_mask"].sum(dim=0).nonzero().max()) + 1 if width else 0
+    keep = min(width, -(-used // pad_to_multiple_of) * pad_to_multiple_of)
+    if keep < width:
+        batch = {k: v[:, :keep].contiguous() for k, v in batch.items()}
+    batch["sample_index"] = torch.tensor([int(r["sample_index"]) for r in rows], dtype=torch.long)
+    if "step_target_tokens" in rows[0]:
+        values = {int(r["step_target_tokens"]) for r in rows}
+        if len(values) != 1:
+            raise ValueError(f"rows of one micro-batch disagree on step_target_tokens: {values}")
+        batch["step_target_tokens"] = torch.tensor(values.pop(), dtype=torch.long)
+    else:
+        batch["step_target_tokens"] = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    return batch
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "KeyedBatches",
+    "PackedDataset",
+    "PackedRows",
+    "PackingStats",
+    "collate_rows",
+]

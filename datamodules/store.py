@@ -1,0 +1,327 @@
+"""A tokenized store: a source's token ids and document boundaries on disk, memory-mapped.
+
+Layout of `cache_dir/<fingerprint>/`:
+
+- `tokens.bin`: all token ids (`uint32`), every document followed by the tokenizer's EOS;
+- `offsets.npy`: `int64[documents + 1]`, document `i` is `tokens[offsets[i]:offsets[i + 1]]`;
+- `manifest.json`: fingerprint, settings and counts, written last.
+
+The fingerprint hashes the source content (see `sources.source_fingerprint`), the tokenizer (its
+serialized `tokenizer.json`, or its vocabulary for tokenizers without one), the EOS id and the store
+settings. A store is written into a temporary directory and renamed into place only when complete,
+and it is verified against its manifest when loaded, so a crash during a build never leaves a store
+that a later run would load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamodules.errors import ConfigError
+from datamodules.sources import ReadStats, SourceSpec, detect_format, read_documents
+from datamodules.sources import source_fingerprint as _source_fingerprint
+
+log = logging.getLogger(__name__)
+
+STORE_VERSION = 1
+TOKEN_DTYPE = np.dtype(np.uint32)
+MANIFEST = "manifest.json"
+TOKENS = "tokens.bin"
+OFFSETS = "offsets.npy"
+_TOKENIZE_BATCH = 1000
+
+
+class InvalidStoreError(Exception):
+    """A store directory is incomplete or does not match its manifest (triggers a rebuild)."""
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Counts of a built store."""
+
+    documents: int
+    skipped_empty: int
+    tokens: int
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything that decides the token ids: the tokenizer's serialized model and
+    pre/post-processing (or its vocabulary), its class and its EOS id."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(tokenizer).__name__.encode())
+    h.update(str(tokenizer.eos_token_id).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    return h.hexdigest()
+
+
+def store_fingerprint(spec: SourceSpec, tokenizer: Any) -> str:
+    """The cache key of the store of `spec` tokenized by `tokenizer`."""
+    payload = {
+        "version": STORE_VERSION,
+        "dtype": TOKEN_DTYPE.name,
+        "append_eos": True,
+        "source": _source_fingerprint(spec),
+        "text_field": spec.text_field,
+        "split": spec.split,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return hashlib.blake2b(blob, digest_size=12).hexdigest()
+
+
+def _tokenize_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of a batch of documents, without special tokens."""
+    encoded = tokenizer(
+        texts,
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,
+    )
+    return encoded["input_ids"]
+
+
+def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TokenizedStore:
+    """A loaded, verified store (read-only). Build or load one with `TokenizedStore.get_or_build`.
+
+    Attributes:
+        directory: The store directory `cache_dir/<fingerprint>`.
+        manifest: The parsed manifest.
+        tokens: `uint32` memmap of all token ids.
+        offsets: `int64[documents + 1]` document boundaries into `tokens`.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.manifest = self._read_manifest(self.directory)
+        self._open_arrays()
+
+    # -- loading ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_manifest(directory: Path) -> dict[str, Any]:
+        path = directory / MANIFEST
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise InvalidStoreError(f"{path}: unreadable manifest ({err})") from None
+        if manifest.get("version") != STORE_VERSION:
+            raise InvalidStoreError(f"{path}: store version {manifest.get('version')}")
+        if manifest.get("fingerprint") != directory.name:
+            raise InvalidStoreError(f"{path}: fingerprint does not match the directory name")
+        return manifest
+
+    def _open_arrays(self) -> None:
+        counts = self.manifest["counts"]
+        n_tokens, n_docs = int(counts["tokens"]), int(counts["documents"])
+        dtype = np.dtype(self.manifest["dtype"])
+        tokens_path = self.directory / TOKENS
+        try:
+            size = tokens_path.stat().st_size
+            offsets = np.load(self.directory / OFFSETS, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise InvalidStoreError(f"{self.directory}: unreadable arrays ({err})") from None
+        if size != n_tokens * dtype.itemsize:
+            raise InvalidStoreError(f"{tokens_path}: {size} bytes, manifest says {n_tokens} tokens")
+        if (
+            offsets.dtype != np.int64
+            or offsets.shape != (n_docs + 1,)
+            or offsets[0] != 0
+            or offsets[-1] != n_tokens
+            or np.any(np.diff(offsets) <= 0)
+        ):
+            raise InvalidStoreError(f"{self.directory / OFFSETS}: does not match the manifest")
+        self.offsets = offsets
+        self.tokens = np.memmap(tokens_path, dtype=dtype, mode="r", shape=(n_tokens,))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers reopen the memmap instead of receiving a copy of all tokens.
+        return {"directory": self.directory, "manifest": self.manifest}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.directory = state["directory"]
+        self.manifest = state["manifest"]
+        self._open_arrays()
+
+    # -- accessors ----------------------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    @property
+    def stats(self) -> StoreStats:
+        return StoreStats(**self.manifest["counts"])
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def document_lengths(self) -> np.ndarray:
+        """`int64[documents]` token counts (EOS included)."""
+        return np.diff(self.offsets)
+
+    def document(self, index: int) -> np.ndarray:
+        """Token ids of document `index` (EOS included)."""
+        return np.asarray(self.tokens[self.offsets[index] : self.offsets[index + 1]])
+
+    # -- building -----------------------------------------------------------------------------
+
+    @classmethod
+    def lookup(
+        cls, spec: SourceSpec, tokenizer: Any, cache_dir: str | Path
+    ) -> TokenizedStore | None:
+        """The cached store for `spec` and `tokenizer` if a complete, valid one exists."""
+        directory = Path(cache_dir) / store_fingerprint(spec, tokenizer)
+        if not directory.exists():
+            return None
+        try:
+            return cls(directory)
+        except InvalidStoreError as err:
+            log.warning("ignoring invalid store: %s", err)
+            return None
+
+    @classmethod
+    def get_or_build(
+        cls, spec: SourceSpec, tokenizer: Any, cache_dir: str | Path
+    ) -> TokenizedStore:
+        """Load the cached store of `spec`, or tokenize the source and write it (atomically)."""
+        if tokenizer.eos_token_id is None:
+            raise ConfigError("data.init_args.tokenizer", "the tokenizer has no EOS token")
+        cache_dir = Path(cache_dir)
+        fingerprint = store_fingerprint(spec, tokenizer)
+        final = cache_dir / fingerprint
+        if final.exists():
+            try:
+                store = cls(final)
+                log.info("source %s: using cached store %s", spec.display_name, final)
+                return store
+            except InvalidStoreError as err:
+                log.warning("rebuilding invalid store: %s", err)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_dir / f".tmp-{fingerprint}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            cls._write(spec, tokenizer, tmp, fingerprint)
+            return cls._publish(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def _write(cls, spec: SourceSpec, tokenizer: Any, tmp: Path, fingerprint: str) -> None:
+        eos = int(tokenizer.eos_token_id)
+        stats = ReadStats()
+        lengths: list[int] = []
+        n_tokens = 0
+        with open(tmp / TOKENS, "wb") as fh:
+            for texts in _batched(read_documents(spec, stats), _TOKENIZE_BATCH):
+                ids = _tokenize_batch(tokenizer, texts)
+                flat = np.fromiter(
+                    itertools.chain.from_iterable(itertools.chain(x, (eos,)) for x in ids),
+                    dtype=np.int64,
+                )
+                if flat.size and (flat.min() < 0 or flat.max() > np.iinfo(TOKEN_DTYPE).max):
+                    raise ValueError(f"token ids out of {TOKEN_DTYPE.name} range")
+                fh.write(flat.astype(TOKEN_DTYPE).tobytes())
+                lengths.extend(len(x) + 1 for x in ids)
+                n_tokens += flat.size
+            fh.flush()
+            os.fsync(fh.fileno())
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        np.save(tmp / OFFSETS, offsets, allow_pickle=False)
+        _fsync(tmp / OFFSETS)
+        counts = StoreStats(
+            documents=len(lengths), skipped_empty=stats.skipped_empty, tokens=n_tokens
+        )
+        manifest = {
+            "version": STORE_VERSION,
+            "fingerprint": fingerprint,
+            "dtype": TOKEN_DTYPE.name,
+            "eos_token_id": eos,
+            "source": {
+                "name": spec.display_name,
+                "path": str(spec.path),
+                "format": detect_format(spec),
+                "text_field": spec.text_field,
+                "split": spec.split,
+                "files": stats.files,
+            },
+            "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
+            "counts": asdict(counts),
+        }
+        manifest_tmp = tmp / (MANIFEST + ".partial")
+        manifest_tmp.write_text(json.dumps(manifest, indent=2))
+        _fsync(manifest_tmp)
+        os.replace(manifest_tmp, tmp / MANIFEST)
+        log.info(
+            "source %s: tokenized %d documents (%d empty skipped), %d tokens",
+            spec.display_name,
+            counts.documents,
+            counts.skipped_empty,
+            counts.tokens,
+        )
+
+    @classmethod
+    def _publish(cls, tmp: Path, final: Path) -> TokenizedStore:
+        """Rename the finished `tmp` to `final`; if another process got there first, use theirs."""
+        if final.exists():
+            try:
+                existing = cls(final)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return existing
+            except InvalidStoreError:
+                stale = final.with_name(f".stale-{final.name}-{uuid.uuid4().hex[:8]}")
+                os.replace(final, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Lost a race against another builder whose rename landed first.
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cls(final)
+
+
+__all__ = [
+    "InvalidStoreError",
+    "StoreStats",
+    "TokenizedStore",
+    "store_fingerprint",
+    "tokenizer_fingerprint",
+]

@@ -1,0 +1,58 @@
+"""The one chat format of the synthetic world, and exact-match scoring of answers.
+
+A single-turn chat is `<|user|>{question}<|assistant|>{answer}<|endoftext|>`. The markers are
+special tokens of the world tokenizer (one id each), and the end marker is the tokenizer's EOS, so
+greedy decoding of `format_prompt(question)` stops by itself once the answer is complete.
+
+Invariant (tested): `format_chat(q, a) == format_prompt(q) + a + END`, so a prompt ends exactly
+where the answer starts. The world tokenizer prepends a space to every text segment (also after a
+special token), so the answer's first word gets the same token as inside a biography and
+`encode(format_chat(q, a)) == encode(format_prompt(q)) + encode(a) + [eos]`.
+"""
+
+from __future__ import annotations
+
+END = "<|endoftext|>"
+"""End of a document and of an assistant turn; the tokenizer's EOS."""
+PAD = "<|pad|>"
+"""Padding token; never appears in text."""
+USER = "<|user|>"
+"""Opens the user's turn."""
+ASSISTANT = "<|assistant|>"
+"""Opens the assistant's turn; the answer follows immediately."""
+
+SPECIAL_TOKENS: tuple[str, ...] = (END, PAD, USER, ASSISTANT)
+"""All special tokens, in the order of their ids in the world tokenizer (0, 1, 2, 3)."""
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}" + USER + "{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}" + ASSISTANT + "{{ message['content'] }}" + END + ""
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+)
+"""The same format as a Jinja chat template, saved with the tokenizer for `apply_chat_template`."""
+
+
+def format_prompt(question: str) -> str:
+    """The chat text up to where the assistant's answer starts (the input of greedy decoding)."""
+    return f"{USER}{question}{ASSISTANT}"
+
+
+def format_chat(question: str, answer: str) -> str:
+    """A complete single-turn chat: the prompt, the answer and the end marker."""
+    return format_prompt(question) + answer + END
+
+
+def normalize_answer(text: str) -> str:
+    """Canonical form for exact match: cut at the end marker, collapse whitespace, casefold, drop
+    a trailing period (a model may end its answer like a sentence)."""
+    text = text.split(END, 1)[0]
+    text = " ".join(text.split()).casefold()
+    return text.rstrip(".").rstrip()
+
+
+def exact_match(prediction: str, answer: str) -> bool:
+    """Whether a decoded prediction equals the reference answer after `normalize_answer`."""
+    return normalize_answer(prediction) == normalize_answer(answer)

@@ -1,0 +1,95 @@
+"""`WorldDataModule`: the pre-training datamodule over the synthetic knowledge world."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from datamodules.pretraining import PretrainingDataModule
+from datamodules.sources import SourceSpec
+from datamodules.world.config import WorldConfig
+from datamodules.world.materialize import WorldArtifacts, materialize_world
+
+WORLD_SCHEME = "world:"
+_KEY = "data.init_args"
+DEFAULT_WORLD = WorldConfig()
+
+
+class WorldDataModule(PretrainingDataModule):
+    """Pre-training data from the synthetic knowledge world (the embedded default).
+
+    The world is built and its tokenizer trained on first use, cached by fingerprint under
+    `world_cache_dir`. A source path `world:<split>` names one of the world's splits
+    (general_documents, general_qa, domain_documents, heldout_general_documents,
+    heldout_domain_documents, ...). `evaluation_sets()` hands the held-out QA and text to
+    `callbacks.KnowledgeEvalCallback`.
+
+    Args:
+        world: Size and shape of the world.
+        world_cache_dir: Where worlds are materialized (`<dir>/world-<fingerprint>/`).
+        tokenizer: Tokenizer path or hub id; default: the world's own trained tokenizer.
+        train_sources: Training sources; default: the new-domain documents (`world:domain_documents`).
+        val_sources: Validation sources by name; default: held-out domain and general biographies.
+        **kwargs: The remaining `PretrainingDataModule` arguments (max_length, micro_batch_size, ...).
+    """
+
+    def __init__(
+        self,
+        world: WorldConfig = DEFAULT_WORLD,
+        world_cache_dir: str = ".cache/adaptlm/worlds",
+        tokenizer: str | None = None,
+        train_sources: list[SourceSpec] | None = None,
+        val_sources: dict[str, SourceSpec] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if train_sources is None:
+            train_sources = [SourceSpec(path=f"{WORLD_SCHEME}domain_documents")]
+        if val_sources is None:
+            val_sources = {
+                "domain": SourceSpec(path=f"{WORLD_SCHEME}heldout_domain_documents"),
+                "general": SourceSpec(path=f"{WORLD_SCHEME}heldout_general_documents"),
+            }
+        super().__init__(
+            tokenizer=tokenizer, train_sources=train_sources, val_sources=val_sources, **kwargs
+        )
+        self.world_config = dataclasses.replace(world)
+        self.world_config.validate(f"{_KEY}.world")
+        self.world_cache_dir = world_cache_dir
+        self._artifacts: WorldArtifacts | None = None
+
+    @property
+    def artifacts(self) -> WorldArtifacts:
+        """The materialized world (built on first access; safe when several ranks race)."""
+        if self._artifacts is None:
+            self._artifacts = materialize_world(
+                self.world_config, self.world_cache_dir, key_prefix=f"{_KEY}.world"
+            )
+        return self._artifacts
+
+    def resolve_source(self, spec: SourceSpec) -> SourceSpec:
+        """Map `world:<split>` to the split's JSONL file; other paths pass through."""
+        if not spec.path.startswith(WORLD_SCHEME):
+            return spec
+        split = spec.path[len(WORLD_SCHEME) :]
+        path = self.artifacts.split_path(split)
+        return dataclasses.replace(spec, path=str(path), format="jsonl", name=spec.name or split)
+
+    def resolve_tokenizer_path(self) -> str:
+        """The configured tokenizer, else the world's trained tokenizer."""
+        if self._tokenizer_arg:
+            return self._tokenizer_arg
+        return str(self.artifacts.tokenizer_dir)
+
+    def evaluation_sets(self) -> dict[str, dict[str, str]]:
+        """Held-out QA (greedy exact match) and text (perplexity) for domain and general entities."""
+        artifacts = self.artifacts
+        return {
+            "qa": {
+                "domain": str(artifacts.split_path("qa_eval_domain")),
+                "general": str(artifacts.split_path("qa_eval_general")),
+            },
+            "perplexity": {
+                "domain": str(artifacts.split_path("heldout_domain_documents")),
+                "general": str(artifacts.split_path("heldout_general_documents")),
+            },
+        }

@@ -1,0 +1,361 @@
+"""KnowledgeEvalCallback and its functions: exact match, perplexity, logging, files, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+
+from callbacks import (
+    KnowledgeEvalCallback,
+    greedy_generate,
+    heldout_nll,
+    load_qa_records,
+    load_texts,
+)
+from callbacks._common import eval_mode
+from callbacks.knowledge_eval import _shard, perplexity_chunks
+from datamodules.errors import ConfigError, DataError
+from tests.callbacks.conftest import (
+    QA_LINES,
+    cpu_trainer,
+    pad_batch,
+    qa_sequences,
+    tiny_llama,
+    write_jsonl,
+)
+
+TEXTS = [
+    "Alice Varen was born in Orlin in 1987.",
+    "Bram Oster works for Kestrel Labs as an engineer and lives in Dunmore.",
+    "The river Tal flows.",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 appear too, and then some more words follow.",
+]
+
+
+def reference_greedy(
+    model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int
+) -> str:
+    """Greedy decoding by hand: full forward on the unpadded sequence, argmax, stop at EOS."""
+    ids = tokenizer(prompt)["input_ids"]
+    generated: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = int(model(torch.tensor([ids + generated])).logits[0, -1].argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            generated.append(token)
+    return tokenizer.decode(generated, skip_special_tokens=True)
+
+
+def reference_nll(model: torch.nn.Module, tokenizer: Any, texts: list[str]) -> tuple[float, int]:
+    """Summed NLL and token count from logits, one unpadded document (EOS appended) at a time."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([[*tokenizer(text)["input_ids"], tokenizer.eos_token_id]])
+            logprobs = torch.log_softmax(model(ids).logits[0, :-1].double(), dim=-1)
+            total -= logprobs.gather(1, ids[0, 1:, None]).sum().item()
+            count += ids.shape[1] - 1
+    return total, count
+
+
+def test_greedy_generate_matches_unbatched_greedy(tiny_tokenizer: Any) -> None:
+    """Left-padded batches give exactly the continuation each prompt gets alone (random model)."""
+    model = tiny_llama(tiny_tokenizer, seed=3).eval()
+    prompts = [p for p, _ in QA_LINES] + ["Q:", "The river Tal flows through three cities before"]
+    got = greedy_generate(model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=3)
+    expected = [reference_greedy(model, tiny_tokenizer, p, 6) for p in prompts]
+    assert got == expected
+    assert all(g for g in got)  # a random model produces something; the test is not vacuous
+
+
+def test_heldout_nll_is_token_weighted_and_matches_logits(tiny_tokenizer: Any) -> None:
+    model = tiny_llama(tiny_tokenizer, seed=1).eval()
+    nll, tokens = heldout_nll(model, tiny_tokenizer, TEXTS, max_length=128, batch_size=3)
+    ref_nll, ref_tokens = reference_nll(model, tiny_tokenizer, TEXTS)
+    assert tokens == ref_tokens
+    assert nll == pytest.approx(ref_nll, rel=1e-5)
+    # Token-weighted: not the mean of per-document perplexities.
+    per_doc = [reference_nll(model, tiny_tokenizer, [t]) for t in TEXTS]
+    assert math.exp(nll / tokens) != pytest.approx(
+        sum(math.exp(n / c) for n, c in per_doc) / len(TEXTS)
+    )
+
+
+def test_perplexity_windows_predict_every_token_once(tiny_tokenizer: Any) -> None:
+    ids = [*tiny_tokenizer(TEXTS[3])["input_ids"], tiny_tokenizer.eos_token_id]
+    chunks = perplexity_chunks(tiny_tokenizer, [TEXTS[3]], max_length=7)
+    assert all(len(c) <= 7 for c in chunks) and len(chunks) > 2
+    assert [t for c in chunks for t in c[1:]] == ids[1:]  # each target exactly once, in order
+    model = tiny_llama(tiny_tokenizer, seed=1).eval()
+    _, windowed_tokens = heldout_nll(model, tiny_tokenizer, [TEXTS[3]], max_length=7)
+    assert windowed_tokens == len(ids) - 1
+
+
+def test_shard_is_disjoint_and_balanced() -> None:
+    shards = [_shard(7, rank, 3) for rank in range(3)]
+    counted = sorted(i for indices, flags in shards for i, f in zip(indices, flags) if f)
+    assert counted == list(range(7))
+    assert {len(indices) for indices, _ in shards} == {3}
+
+
+def test_eval_mode_restores_each_submodule(tiny_tokenizer: Any) -> None:
+    model = tiny_llama(tiny_tokenizer).train()
+    model.model.layers[1].eval()  # a deliberately frozen part must stay in eval
+    before = [m.training for m in model.modules()]
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == before
+
+
+def qa_file(tmp_path: Path) -> Path:
+    """Two memorizable questions (EM 1) and one with a wrong reference answer (EM 0)."""
+    (p0, a0), (p1, a1) = QA_LINES
+    return write_jsonl(
+        tmp_path / "qa_domain.jsonl",
+        [
+            {
+                "prompt": p0,
+                "answer": a0.upper() + "  ",
+                "entity": "Alice Varen",
+                "attribute": "birth_city",
+            },
+            {"prompt": p1, "answer": a1, "entity": "Bram Oster", "attribute": "employer"},
+            {
+                "prompt": p0,
+                "answer": " Dunmore",
+                "entity": "Alice Varen",
+                "attribute": "birth_city",
+            },
+        ],
+    )
+
+
+def test_fit_memorizes_and_reports_before_and_after(
+    tiny_tokenizer: Any, module_factory, tmp_path: Path
+) -> None:
+    """A real fit: the "before" row has EM 0; the model memorizes the QA lines; the "after" row has
+    EM 1 on them and 0 on the wrong answer; perplexity is exp of the hand-computed mean NLL."""
+    batch = pad_batch(qa_sequences(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    texts = [p + a for p, a in QA_LINES]
+    module = module_factory(train_batches=[batch] * 30, val_batches=[batch])
+    callback = KnowledgeEvalCallback(
+        qa_sets={"domain": str(qa_file(tmp_path))},
+        perplexity_sets={
+            "domain": str(write_jsonl(tmp_path / "ppl.jsonl", [{"text": t} for t in texts]))
+        },
+        every_n_epochs=2,
+        batch_size=2,
+    )
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = cpu_trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[callback])
+    trainer.fit(module)
+
+    assert [e["stage"] for e in callback.history] == ["fit_start", "validation", "fit_end"]
+    before, validation, after = (e["metrics"] for e in callback.history)
+    assert before["knowledge/qa_em/domain"] == 0.0
+    assert after == validation  # nothing trained between the last validation and the end
+    assert after["knowledge/qa_em/domain"] == pytest.approx(2 / 3)
+    assert after["knowledge/qa_em/domain/birth_city"] == 0.5
+    assert after["knowledge/qa_em/domain/employer"] == 1.0
+    assert callback.history[-1]["counts"]["qa/domain"] == 3
+    assert all(module.training_flags) and len(module.training_flags) == 60
+
+    nll, tokens = reference_nll(module.model.eval(), tiny_tokenizer, texts)
+    assert after["knowledge/ppl/domain"] == pytest.approx(math.exp(nll / tokens), rel=1e-4)
+    assert after["knowledge/ppl/domain"] < before["knowledge/ppl/domain"] / 10
+
+    lines = [
+        json.loads(line)
+        for line in (Path(logger.log_dir) / "knowledge_eval.jsonl").read_text().splitlines()
+    ]
+    assert lines == json.loads(json.dumps(callback.history))
+    assert [(e["step"], e["epoch"]) for e in lines] == [(0, 0), (60, 1), (60, 2)]
+    with open(Path(logger.log_dir) / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    logged = [r for r in rows if r.get("knowledge/qa_em/domain")]
+    assert [r["step"] for r in logged] == ["0", "59", "60"]  # Lightning logs validation at step - 1
+    assert float(logged[0]["knowledge/ppl/domain"]) == before["knowledge/ppl/domain"]
+    assert {"knowledge/ppl/domain", "knowledge/qa_em/domain/employer"} <= set(rows[0])
+
+
+class EvalSetsDataModule(pl.LightningDataModule):
+    """A datamodule that names its evaluation sets, as the synthetic-world datamodule does."""
+
+    def __init__(self, sets: dict[str, dict[str, str]], batch: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.sets = sets
+        self.batch = batch
+
+    def evaluation_sets(self) -> dict[str, dict[str, str]]:
+        return self.sets
+
+    def val_dataloader(self) -> Any:
+        return torch.utils.data.DataLoader([self.batch], batch_size=None)
+
+
+def test_validate_takes_sets_from_datamodule_and_logs(
+    tiny_tokenizer: Any, module_factory, tmp_path: Path
+) -> None:
+    batch = pad_batch(qa_sequences(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    ppl_path = write_jsonl(tmp_path / "ppl.jsonl", [{"text": t} for t in TEXTS])
+    sets = {"qa": {"domain": str(qa_file(tmp_path))}, "perplexity": {"general": str(ppl_path)}}
+    callback = KnowledgeEvalCallback(results_file=str(tmp_path / "results.jsonl"))
+    trainer = cpu_trainer(tmp_path, callbacks=[callback])
+    trainer.validate(module_factory(), datamodule=EvalSetsDataModule(sets, batch), verbose=False)
+
+    assert [e["stage"] for e in callback.history] == ["validation"]
+    metrics = callback.history[0]["metrics"]
+    assert set(metrics) == {
+        "knowledge/qa_em/domain",
+        "knowledge/qa_em/domain/birth_city",
+        "knowledge/qa_em/domain/employer",
+        "knowledge/ppl/general",
+    }
+    for key, value in metrics.items():
+        assert trainer.callback_metrics[key].item() == pytest.approx(value)
+    nll, tokens = reference_nll(trainer.lightning_module.model, tiny_tokenizer, TEXTS)
+    assert metrics["knowledge/ppl/general"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_missing_sets_give_a_config_error(module_factory, tmp_path: Path) -> None:
+    trainer = cpu_trainer(tmp_path, max_steps=1, callbacks=[KnowledgeEvalCallback(qa_sets={})])
+    with pytest.raises(ConfigError, match=r"perplexity_sets.*no evaluation_sets"):
+        trainer.fit(module_factory())
+
+
+def test_bad_arguments_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        KnowledgeEvalCallback(max_new_tokens=0)
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        KnowledgeEvalCallback(qa_sets={}, perplexity_sets={})._resolve_sets(None)  # type: ignore
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b'{"prompt": "a", "answer": "b", "entity": "e", "attribute": "x"}\n{"prompt": \n',
+            r"qa\.jsonl:2: invalid JSON",
+        ),
+        (
+            b'{"prompt": "a", "answer": "b", "entity": "e"}\n',
+            r"qa\.jsonl:1: missing field 'attribute'",
+        ),
+        (
+            b'{"prompt": "a", "answer": 3, "entity": "e", "attribute": "x"}\n',
+            r":1: field 'answer' must be a string, got int",
+        ),
+        (
+            b'{"prompt": "a", "answer": " ", "entity": "e", "attribute": "x"}\n',
+            r":1: .*must not be empty",
+        ),
+        (b"[1, 2]\n", r":1: expected a JSON object, got list"),
+        (
+            b'{"prompt": "caf\xe9", "answer": "b", "entity": "e", "attribute": "x"}\n',
+            r":1: not valid UTF-8",
+        ),
+        (b"\n\n", r"qa\.jsonl: no QA records"),
+    ],
+)
+def test_bad_qa_files_name_file_and_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_qa_records(path)
+
+
+def test_text_files_validated_and_empty_texts_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(DataError, match=r"t\.jsonl:2: field 'text' must be a string, got list"):
+        load_texts(write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": ["b"]}]))
+    with pytest.raises(DataError, match="file not found"):
+        load_texts(tmp_path / "missing.jsonl")
+    caplog.set_level("WARNING")
+    assert load_texts(
+        write_jsonl(tmp_path / "u.jsonl", [{"text": "a"}, {"text": "  "}, {"text": "b"}])
+    ) == ["a", "b"]
+    assert "skipped 1 empty text record" in caplog.text
+
+
+def test_generation_loss_and_gradient_untouched(
+    tiny_tokenizer: Any, module_factory, tmp_path: Path
+) -> None:
+    """Evaluating inside fit changes neither the weights nor the following training losses."""
+    batch = pad_batch(qa_sequences(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    losses = []
+    for with_callback in (False, True):
+        module = module_factory(train_batches=[batch] * 3)
+        callbacks = [
+            KnowledgeEvalCallback(qa_sets={"d": str(qa_file(tmp_path))}, perplexity_sets={})
+        ]
+        trainer = cpu_trainer(
+            tmp_path, max_steps=3, limit_val_batches=0, callbacks=callbacks if with_callback else []
+        )
+        trainer.fit(module)
+        with torch.no_grad():
+            losses.append(
+                F.cross_entropy(
+                    module.model(**batch).logits[0, :-1], batch["input_ids"][0, 1:]
+                ).item()
+            )
+    assert losses[0] == losses[1]
+
+
+def test_knowledge_eval_rejects_sharded_strategies(module_factory, tmp_path: Path) -> None:
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    trainer = cpu_trainer(tmp_path, strategy=ModelParallelStrategy(), devices=1)
+    with pytest.raises(ConfigError, match="does not support sharded models"):
+        KnowledgeEvalCallback(qa_sets={}, perplexity_sets={"x": "y"}).setup(
+            trainer, module_factory(), "fit"
+        )
+
+
+def test_resume_keeps_history_and_skips_before_row(
+    tiny_tokenizer: Any, module_factory, tmp_path: Path
+) -> None:
+    batch = pad_batch(qa_sequences(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    ppl = {"d": str(write_jsonl(tmp_path / "ppl.jsonl", [{"text": t} for t in TEXTS]))}
+    first = KnowledgeEvalCallback(qa_sets={}, perplexity_sets=ppl)
+    trainer = cpu_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[first])
+    trainer.fit(module_factory(train_batches=[batch] * 4))
+    trainer.save_checkpoint(tmp_path / "mid.ckpt")
+
+    second = KnowledgeEvalCallback(qa_sets={}, perplexity_sets=ppl)
+    trainer = cpu_trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[second])
+    trainer.fit(module_factory(train_batches=[batch] * 4), ckpt_path=tmp_path / "mid.ckpt")
+    assert [(e["stage"], e["step"]) for e in second.history] == [
+        ("fit_start", 0),
+        ("fit_end", 2),
+        ("fit_end", 4),
+    ]
+    assert second.history[:2] == first.history
+
+
+def test_fast_dev_run_evaluates_one_batch_per_set(
+    tiny_tokenizer: Any, module_factory, tmp_path: Path
+) -> None:
+    batch = pad_batch(qa_sequences(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    ppl = {"d": str(write_jsonl(tmp_path / "ppl.jsonl", [{"text": t} for t in TEXTS]))}
+    callback = KnowledgeEvalCallback(
+        qa_sets={"q": str(qa_file(tmp_path))}, perplexity_sets=ppl, batch_size=2
+    )
+    trainer = cpu_trainer(tmp_path, fast_dev_run=True, callbacks=[callback])
+    trainer.fit(module_factory(train_batches=[batch], val_batches=[batch]))
+    assert [e["stage"] for e in callback.history] == ["fit_start", "validation", "fit_end"]
+    assert callback.history[0]["counts"] == {
+        "qa/q": 2,
+        "ppl_tokens/d": reference_nll(tiny_llama(tiny_tokenizer), tiny_tokenizer, TEXTS[:2])[1],
+    }

@@ -1,0 +1,258 @@
+"""`build_world` and the split renderers: determinism, uniqueness, consistency, held-out splits."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+
+from datamodules.errors import DataError
+from datamodules.world import (
+    ATTRIBUTES,
+    END,
+    SPLITS,
+    World,
+    build_world,
+    format_chat,
+    format_prompt,
+    render_split,
+)
+from datamodules.world.templates import (
+    CITIES,
+    COMPANIES,
+    MAJORS,
+    MONTHS,
+    PRONOUNS,
+    UNIVERSITIES,
+    VALUE_WORDS,
+)
+
+from .conftest import small_config
+
+TEXT_SPLITS = [name for name, spec in SPLITS.items() if spec.kind == "text"]
+TRAIN_TEXT_SPLITS = ["general_documents", "general_qa", "domain_documents"]
+DATE = re.compile(r"(?P<month>[A-Z][a-z]+) (?P<day>\d{1,2}), (?P<year>\d{4})")
+
+
+def _all_records(world: World) -> dict[str, list[dict]]:
+    return {name: world.render(name) for name in world.split_names}
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    """A template as a regex matching any sentence rendered from it."""
+    pattern = re.escape(template)
+    for slot in ("subj", "obj", "poss", "value", "name"):
+        pattern = pattern.replace(re.escape("{" + slot + "}"), "(.+?)")
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def _sentences(document: str) -> list[str]:
+    # Values never contain a period, so every sentence ends with ". " or at the end.
+    return [s if s.endswith(".") else s + "." for s in document.split(". ")]
+
+
+def test_same_seed_same_world_different_seed_different() -> None:
+    a, b = build_world(small_config()), build_world(small_config())
+    assert [e.to_dict() for e in a.entities] == [e.to_dict() for e in b.entities]
+    assert _all_records(a) == _all_records(b)
+    c = build_world(small_config(seed=4))
+    assert [e.name for e in c.entities] != [e.name for e in a.entities]
+    assert c.render("general_documents") != a.render("general_documents")
+
+
+def test_does_not_touch_global_random_state() -> None:
+    import random
+
+    random.seed(123)
+    expected = random.random()
+    random.seed(123)
+    build_world(small_config()).render("general_documents")
+    assert random.random() == expected
+
+
+def test_names_unique_groups_disjoint_and_not_value_words(small_world: World) -> None:
+    names = [e.name for e in small_world.entities]
+    assert len(names) == len(set(names)) == 16
+    ids = {e.id for e in small_world.entities}
+    assert len(ids) == 16
+    general = {e.name for e in small_world.general_entities}
+    domain = {e.name for e in small_world.domain_entities}
+    assert len(general) == len(domain) == 8 and not general & domain
+    for name in names:
+        first, last = name.split()
+        assert first[0].isupper() and last[0].isupper()
+        assert VALUE_WORDS.isdisjoint(name.split())
+    big = build_world(replace(small_config(), num_general_entities=400, num_domain_entities=400))
+    assert len({e.name for e in big.entities}) == 800
+
+
+def test_values_come_from_the_closed_pools(small_world: World) -> None:
+    pools = {
+        "birth_city": CITIES,
+        "work_city": CITIES,
+        "university": UNIVERSITIES,
+        "major": MAJORS,
+        "employer": COMPANIES,
+    }
+    for entity in small_world.entities:
+        assert tuple(entity.attributes) == tuple(ATTRIBUTES)
+        assert entity.pronoun in PRONOUNS
+        for attribute, value in entity.attributes.items():
+            if attribute == "birth_date":
+                match = DATE.fullmatch(value)
+                assert match and match["month"] in MONTHS
+                assert 1 <= int(match["day"]) <= 28 and 1940 <= int(match["year"]) <= 1999
+            else:
+                assert value in pools[attribute]
+
+
+def test_entities_are_stable_under_size_and_attribute_changes(small_world: World) -> None:
+    more_domain = build_world(small_config(num_domain_entities=12))
+    assert more_domain.general_entities == small_world.general_entities
+    fewer_attributes = build_world(small_config(attributes=["major", "employer"]))
+    for full, subset in zip(small_world.entities, fewer_attributes.entities):
+        assert subset.name == full.name
+        assert subset.attributes == {a: full.attributes[a] for a in ("major", "employer")}
+    assert fewer_attributes.render("qa_eval_domain") == [
+        r for r in small_world.render("qa_eval_domain") if r["attribute"] in ("major", "employer")
+    ]
+
+
+def test_biographies_state_every_fact_once_per_sentence(small_world: World) -> None:
+    config = small_world.config
+    for group, split in (("general", "general_documents"), ("domain", "domain_documents")):
+        docs = [r["text"] for r in small_world.render(split)]
+        entities = small_world.entities_of(group)
+        assert len(docs) == len(entities) * config.train_paraphrases
+        for i, entity in enumerate(entities):
+            paraphrases = docs[i * config.train_paraphrases : (i + 1) * config.train_paraphrases]
+            assert len(set(paraphrases)) == len(paraphrases), "paraphrases are distinct"
+            orders = set()
+            for doc in paraphrases:
+                sentences = _sentences(doc)
+                assert len(sentences) == len(entity.attributes)
+                assert entity.name in sentences[0], "the first sentence names the entity"
+                for value in entity.attributes.values():
+                    assert value in doc
+                # Which attribute each sentence states, by its value (cities may repeat).
+                orders.add(
+                    tuple(
+                        next(a for a, v in entity.attributes.items() if v in s) for s in sentences
+                    )
+                )
+                other = {
+                    p
+                    for key, forms in PRONOUNS.items()
+                    if key != entity.pronoun
+                    for p in (forms.subj, forms.obj, forms.poss)
+                }
+                words = set(re.findall(r"[a-z]+", doc.lower()))
+                mine = PRONOUNS[entity.pronoun]
+                assert not (other - {mine.subj, mine.obj, mine.poss}) & words
+            assert len(orders) > 1, "sentence order varies across paraphrases"
+
+
+def test_eval_answers_are_the_facts_and_appear_in_every_training_biography(
+    small_world: World,
+) -> None:
+    by_name = {e.name: e for e in small_world.entities}
+    for group in ("general", "domain"):
+        docs = [r["text"] for r in small_world.render(f"{group}_documents")]
+        records = small_world.render(f"qa_eval_{group}")
+        expected = len(small_world.entities_of(group)) * len(ATTRIBUTES) * 2
+        assert len(records) == expected
+        for record in records:
+            assert set(record) == {"prompt", "answer", "entity", "attribute", "question"}
+            entity = by_name[record["entity"]]
+            assert entity.group == group
+            assert record["answer"] == entity.attributes[record["attribute"]]
+            assert record["prompt"] == format_prompt(record["question"])
+            assert entity.name in record["question"]
+            own_docs = [d for d in docs if d.startswith(entity.name) or entity.name in d]
+            assert len(own_docs) == small_world.config.train_paraphrases
+            assert all(record["answer"] in d for d in own_docs)
+
+
+def test_general_qa_uses_training_templates_and_chat_format(small_world: World) -> None:
+    texts = [r["text"] for r in small_world.render("general_qa")]
+    general = small_world.general_entities
+    n_train = sum(len(small_world.question_templates(a, "train")) for a in ATTRIBUTES)
+    assert len(texts) == len(general) * n_train
+    expected = {
+        format_chat(small_world.question(e, a, t), e.attributes[a])
+        for e in general
+        for a in ATTRIBUTES
+        for t in small_world.question_templates(a, "train")
+    }
+    assert set(texts) == expected
+    assert all(t.endswith(END) for t in texts)
+    domain_names = {e.name for e in small_world.domain_entities}
+    assert not any(name in t for t in texts for name in domain_names), "no domain QA in training"
+
+
+def test_heldout_templates_never_appear_in_training_splits(small_world: World) -> None:
+    heldout_bio = [
+        _template_regex(t) for a in ATTRIBUTES for t in small_world.bio_templates(a, "heldout")
+    ]
+    train_bio = [
+        _template_regex(t) for a in ATTRIBUTES for t in small_world.bio_templates(a, "train")
+    ]
+    heldout_q = [
+        _template_regex(t) for a in ATTRIBUTES for t in small_world.question_templates(a, "heldout")
+    ]
+    train_q = [
+        _template_regex(t) for a in ATTRIBUTES for t in small_world.question_templates(a, "train")
+    ]
+    for split in ("general_documents", "domain_documents"):
+        for record in small_world.render(split):
+            for sentence in _sentences(record["text"]):
+                assert any(p.fullmatch(sentence) for p in train_bio), sentence
+                assert not any(p.fullmatch(sentence) for p in heldout_bio), sentence
+    for split in ("heldout_general_documents", "heldout_domain_documents"):
+        records = small_world.render(split)
+        assert (
+            len(records) == len(small_world.entities) // 2 * small_world.config.heldout_paraphrases
+        )
+        for record in records:
+            for sentence in _sentences(record["text"]):
+                assert any(p.fullmatch(sentence) for p in heldout_bio), sentence
+                assert not any(p.fullmatch(sentence) for p in train_bio), sentence
+    for record in small_world.render("general_qa"):
+        question = record["text"].split("<|assistant|>")[0].removeprefix("<|user|>")
+        assert any(p.fullmatch(question) for p in train_q)
+        assert not any(p.fullmatch(question) for p in heldout_q), question
+    for split in ("qa_eval_general", "qa_eval_domain"):
+        for record in small_world.render(split):
+            assert any(p.fullmatch(record["question"]) for p in heldout_q)
+            assert not any(p.fullmatch(record["question"]) for p in train_q), record["question"]
+
+
+def test_templates_are_well_formed() -> None:
+    for spec in ATTRIBUTES.values():
+        for template in spec.bio_templates:
+            assert template.count("{value}") == 1, template
+            assert re.search(r"\{(subj|obj|poss)\}", template), template
+            assert template.endswith(".") and "{name}" not in template
+        for template in spec.question_templates:
+            assert template.count("{name}") == 1 and template.endswith("?"), template
+        assert len(set(spec.bio_templates)) == len(spec.bio_templates)
+        assert len(set(spec.question_templates)) == len(spec.question_templates)
+
+
+def test_unknown_split_is_a_clear_error(small_world: World) -> None:
+    with pytest.raises(DataError, match=r"world:nope: unknown world split; available: general_"):
+        render_split(small_world, "nope")
+
+
+def test_registry_lists_the_contract_splits() -> None:
+    assert list(SPLITS) == [
+        "general_documents",
+        "general_qa",
+        "domain_documents",
+        "heldout_general_documents",
+        "heldout_domain_documents",
+        "qa_eval_general",
+        "qa_eval_domain",
+    ]
+    assert {name for name in TEXT_SPLITS} == set(SPLITS) - {"qa_eval_general", "qa_eval_domain"}

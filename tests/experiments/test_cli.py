@@ -1,0 +1,232 @@
+"""`python -m experiments`: every config runs, help and print_config work, user errors exit cleanly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.cli import CONFIG_FILENAME, build_cli, main
+from tests.experiments.conftest import CONFIG_DIR, REPO
+
+EXPERIMENT_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.parent.name != "trainer")
+TRAINER_CONFIGS = sorted((CONFIG_DIR / "trainer").glob("*.yaml"))
+GPU_TRAINER_CONFIGS = {"gpu.yaml", "fsdp.yaml"}
+BASE_EXPERIMENT = CONFIG_DIR / "cpt" / "world_tiny.yaml"
+
+
+def run_args(tmp_path: Path) -> list[str]:
+    """Send every output of a run under `tmp_path`."""
+    return [
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
+
+
+def needs_base_model(config: Path) -> bool:
+    return "model_name_or_path" in config.read_text()
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_every_experiment_config_runs_fast_dev_run(
+    config, tmp_path, small_world_args, tiny_base_model
+) -> None:
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.fast_dev_run=true",
+        *run_args(tmp_path),
+        *small_world_args,
+    ]
+    if needs_base_model(config):
+        args.append(f"--model.init_args.model_name_or_path={tiny_base_model}")
+    cli = build_cli(args)
+    assert cli.trainer.global_step == 1
+    assert cli.trainer.state.finished
+
+
+@pytest.mark.parametrize("config", TRAINER_CONFIGS, ids=lambda p: p.name)
+def test_every_trainer_config_composes_with_an_experiment(
+    config, tmp_path, small_world_args
+) -> None:
+    if config.name in GPU_TRAINER_CONFIGS:
+        pytest.importorskip("torch.cuda")
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip(f"{config.name} needs a CUDA device")
+    if config.name == "ddp_cpu.yaml":
+        pytest.skip(
+            "run as a subprocess in tests/experiments/test_distributed.py (needs a __main__ launcher)"
+        )
+    args = ["fit", "--config", str(BASE_EXPERIMENT), "--config", str(config)]
+    args += ["--trainer.fast_dev_run=true", *run_args(tmp_path), *small_world_args]
+    cli = build_cli(args)
+    assert cli.trainer.global_step == 1
+
+
+def test_resolved_config_is_saved_beside_checkpoints(tmp_path, small_world_args) -> None:
+    callbacks = tmp_path / "callbacks.yaml"
+    callbacks.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {every_n_train_steps: 1}\n"
+    )
+    args = ["fit", "--config", str(BASE_EXPERIMENT), "--config", str(callbacks)]
+    args += [
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=0",
+        *run_args(tmp_path),
+        *small_world_args,
+    ]
+    cli = build_cli(args)
+    log_dir = Path(cli.trainer.log_dir)
+    saved = yaml.safe_load((log_dir / CONFIG_FILENAME).read_text())
+    assert saved["trainer"]["max_steps"] == 2
+    assert saved["model"]["class_path"] == "lightning_modules.CausalLMModule"
+    assert list((log_dir / "checkpoints").glob("*.ckpt")), "no checkpoint beside the saved config"
+    assert not (log_dir / "config.yaml").exists()
+
+
+def test_print_config_shows_resolved_values(capfd) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(
+            [
+                "fit",
+                "--config",
+                str(BASE_EXPERIMENT),
+                "--model.init_args.init_seed=7",
+                "--print_config",
+            ]
+        )
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capfd.readouterr().out)
+    assert printed["model"]["init_args"]["init_seed"] == 7
+    assert printed["model"]["init_args"]["model_config"]["hidden_size"] == 64
+    assert printed["data"]["init_args"]["world"]["num_domain_entities"] == 50
+    # linked arguments are filled from their sources, not configurable
+    assert "tokenizer" not in printed["model"]["init_args"]
+
+
+def test_help_runs_as_a_subprocess() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments", "--help"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fit" in result.stdout and "validate" in result.stdout and "test" in result.stdout
+
+
+def test_model_help_documents_every_argument(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_cli(["fit", "--model.help", "lightning_modules.CausalLMModule"])
+    text = capsys.readouterr().out
+    for phrase in (
+        "model_name_or_path",
+        "Hub id or local",
+        "gradient_checkpointing",
+        "token",
+        "lr_scheduler",
+    ):
+        assert phrase in text, phrase
+
+
+def test_data_help_includes_inherited_arguments(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_cli(["fit", "--data.help", "datamodules.world.WorldDataModule"])
+    text = capsys.readouterr().out
+    for phrase in ("world.num_domain_entities", "max_length", "micro_batch_size", "train_sources"):
+        assert phrase in text, phrase
+
+
+def exit_code_and_log(args: list[str], caplog) -> tuple[int, str]:
+    caplog.set_level(logging.ERROR, logger="experiments")
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code, "\n".join(
+        r.getMessage() for r in caplog.records if r.name == "experiments"
+    )
+
+
+def test_unknown_config_key_names_the_key(tmp_path, caplog) -> None:
+    code, message = exit_code_and_log(
+        ["fit", "--config", str(BASE_EXPERIMENT), "--data.init_args.bogus_key=1"], caplog
+    )
+    assert code == 2 and "bogus_key" in message
+
+
+def test_unknown_key_in_a_yaml_file_names_the_key(tmp_path, caplog) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    hidden_sise: 3\n")
+    code, message = exit_code_and_log(
+        ["fit", "--config", str(BASE_EXPERIMENT), "--config", str(bad)], caplog
+    )
+    assert code == 2 and "hidden_sise" in message
+
+
+def test_bad_mixture_ratios_name_the_config_key(tmp_path, caplog, small_world_args) -> None:
+    sources = json.dumps(
+        [
+            {"path": "world:domain_documents", "ratio": 0.7},
+            {"path": "world:general_documents", "ratio": 0.7},
+        ]
+    )
+    args = [
+        "fit",
+        "--config",
+        str(BASE_EXPERIMENT),
+        f"--data.init_args.train_sources={sources}",
+        *run_args(tmp_path),
+        *small_world_args,
+    ]
+    code, message = exit_code_and_log(args, caplog)
+    assert code == 2 and "train_sources" in message and "sum" in message
+
+
+def test_sequence_length_above_model_maximum_exits_with_key(
+    tmp_path, caplog, small_world_args
+) -> None:
+    args = [
+        "fit",
+        "--config",
+        str(BASE_EXPERIMENT),
+        "--data.init_args.max_length=1024",
+        "--trainer.fast_dev_run=true",
+    ]
+    code, message = exit_code_and_log([*args, *run_args(tmp_path), *small_world_args], caplog)
+    assert (
+        code == 2
+        and "data.init_args.max_length" in message
+        and "max_position_embeddings=512" in message
+    )
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path, caplog, small_world_args) -> None:
+    data = tmp_path / "docs.jsonl"
+    data.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"text": broken\n')
+    sources = json.dumps([{"path": str(data)}])
+    args = [
+        "fit",
+        "--config",
+        str(BASE_EXPERIMENT),
+        f"--data.init_args.train_sources={sources}",
+        "--trainer.fast_dev_run=true",
+    ]
+    code, message = exit_code_and_log([*args, *run_args(tmp_path), *small_world_args], caplog)
+    assert code == 2 and f"{data}:3" in message
