@@ -75,7 +75,7 @@ def store_fingerprint(spec: SourceSpec, tokenizer: Any) -> str:
     payload = {
         "version": STORE_VERSION,
         "dtype": TOKEN_DTYPE.name,
-        "append_eos": True,
+        "eos": "append-unless-present",
         "source": _source_fingerprint(spec),
         "text_field": spec.text_field,
         "split": spec.split,
@@ -251,15 +251,16 @@ class TokenizedStore:
         n_tokens = 0
         with open(tmp / TOKENS, "wb") as fh:
             for texts in _batched(read_documents(spec, stats), _TOKENIZE_BATCH):
-                ids = _tokenize_batch(tokenizer, texts)
-                flat = np.fromiter(
-                    itertools.chain.from_iterable(itertools.chain(x, (eos,)) for x in ids),
-                    dtype=np.int64,
-                )
+                # every document ends with exactly one EOS (chat texts may carry their own)
+                ids = [
+                    x if x and x[-1] == eos else [*x, eos]
+                    for x in _tokenize_batch(tokenizer, texts)
+                ]
+                flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)
                 if flat.size and (flat.min() < 0 or flat.max() > np.iinfo(TOKEN_DTYPE).max):
                     raise ValueError(f"token ids out of {TOKEN_DTYPE.name} range")
                 fh.write(flat.astype(TOKEN_DTYPE).tobytes())
-                lengths.extend(len(x) + 1 for x in ids)
+                lengths.extend(len(x) for x in ids)
                 n_tokens += flat.size
             fh.flush()
             os.fsync(fh.fileno())

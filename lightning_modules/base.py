@@ -225,12 +225,19 @@ class CausalLMModule(LightningModule):
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def hidden_states(self, batch: dict[str, Tensor]) -> Tensor:
-        """Final hidden states `[B, L, H]` of the student's decoder (the LM head is applied by the loss)."""
+        """Final hidden states `[B, L, H]` of the student's decoder (the LM head is applied by the loss).
+
+        With `position_ids` (restarting at every document and at trailing padding, as the collator
+        makes them) the 2-D attention mask is left out: transformers then derives the exact
+        per-document causal mask from the positions (flash-attention varlen on GPU, a block-diagonal
+        mask with sdpa/eager), so packed documents never attend to each other.
+        """
         decoder = self.transformer_model().get_decoder()
+        position_ids = batch.get("position_ids")
         outputs = decoder(
             input_ids=batch["input_ids"],
-            attention_mask=batch.get("attention_mask"),
-            position_ids=batch.get("position_ids"),
+            attention_mask=None if position_ids is not None else batch.get("attention_mask"),
+            position_ids=position_ids,
             use_cache=False,
         )
         return outputs.last_hidden_state

@@ -20,16 +20,17 @@ class WorldDataModule(PretrainingDataModule):
 
     The world is built and its tokenizer trained on first use, cached by fingerprint under
     `world_cache_dir`. A source path `world:<split>` names one of the world's splits
-    (general_documents, general_qa, domain_documents, heldout_general_documents,
-    heldout_domain_documents, ...). `evaluation_sets()` hands the held-out QA and text to
-    `callbacks.KnowledgeEvalCallback`.
+    (general_documents, general_qa, domain_documents, paraphrased_*_documents,
+    heldout_*_documents, ...). `evaluation_sets()` hands the held-out QA (unseen question
+    wording) and the paraphrased biographies (perplexity) to `callbacks.KnowledgeEvalCallback`.
 
     Args:
         world: Size and shape of the world.
         world_cache_dir: Where worlds are materialized (`<dir>/world-<fingerprint>/`).
         tokenizer: Tokenizer path or hub id; default: the world's own trained tokenizer.
         train_sources: Training sources; default: the new-domain documents (`world:domain_documents`).
-        val_sources: Validation sources by name; default: held-out domain and general biographies.
+        val_sources: Validation sources by name; default: fresh paraphrases of domain and general
+            biographies (known wording, so perplexity measures the facts).
         **kwargs: The remaining `PretrainingDataModule` arguments (max_length, micro_batch_size, ...).
     """
 
@@ -46,8 +47,8 @@ class WorldDataModule(PretrainingDataModule):
             train_sources = [SourceSpec(path=f"{WORLD_SCHEME}domain_documents")]
         if val_sources is None:
             val_sources = {
-                "domain": SourceSpec(path=f"{WORLD_SCHEME}heldout_domain_documents"),
-                "general": SourceSpec(path=f"{WORLD_SCHEME}heldout_general_documents"),
+                "domain": SourceSpec(path=f"{WORLD_SCHEME}paraphrased_domain_documents"),
+                "general": SourceSpec(path=f"{WORLD_SCHEME}paraphrased_general_documents"),
             }
         super().__init__(
             tokenizer=tokenizer, train_sources=train_sources, val_sources=val_sources, **kwargs
@@ -89,7 +90,7 @@ class WorldDataModule(PretrainingDataModule):
                 "general": str(artifacts.split_path("qa_eval_general")),
             },
             "perplexity": {
-                "domain": str(artifacts.split_path("heldout_domain_documents")),
-                "general": str(artifacts.split_path("heldout_general_documents")),
+                "domain": str(artifacts.split_path("paraphrased_domain_documents")),
+                "general": str(artifacts.split_path("paraphrased_general_documents")),
             },
         }

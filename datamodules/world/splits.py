@@ -71,7 +71,9 @@ def text_of(record: Record, kind: SplitKind) -> str:
 # --- shared renderers ------------------------------------------------------------------------
 
 
-def _documents(world: World, split: str, group: Group, which: TemplateSet, count: int) -> list:
+def _documents(
+    world: World, split: str, group: Group, which: TemplateSet, count: int
+) -> list[Record]:
     records = []
     for entity in world.entities_of(group):
         rng = world.rng(split, entity.id)
@@ -158,3 +160,28 @@ def qa_eval_general(world: World) -> list[Record]:
 def qa_eval_domain(world: World) -> list[Record]:
     """One record per new-domain entity, attribute and held-out question template."""
     return _qa_eval(world, "domain")
+
+
+@register_split(
+    "paraphrased_general_documents",
+    "text",
+    "biographies of general entities, training templates in new combinations and orders",
+)
+def paraphrased_general_documents(world: World) -> list[Record]:
+    """Fresh paraphrases of general biographies with known wording: perplexity here measures the
+    facts (the forgetting signal), not unseen phrasing as the held-out-template splits do."""
+    return _documents(
+        world, "paraphrased_general_documents", "general", "train", world.config.heldout_paraphrases
+    )
+
+
+@register_split(
+    "paraphrased_domain_documents",
+    "text",
+    "biographies of new-domain entities, training templates in new combinations and orders",
+)
+def paraphrased_domain_documents(world: World) -> list[Record]:
+    """Fresh paraphrases of new-domain biographies with known wording (the learning signal)."""
+    return _documents(
+        world, "paraphrased_domain_documents", "domain", "train", world.config.heldout_paraphrases
+    )

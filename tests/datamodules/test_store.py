@@ -31,6 +31,19 @@ def tokenize_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def test_document_already_ending_with_eos_gets_no_second_eos(
+    tiny_tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    chat = "Question: Where was Alice Varen born? Answer: Orlin.<|endoftext|>"
+    path = write_jsonl("chat.jsonl", [{"text": chat}, {"text": DOCS[0]}])
+    store = TokenizedStore.get_or_build(SourceSpec(path=str(path)), tiny_tokenizer, tmp_path / "c")
+    eos = tiny_tokenizer.eos_token_id
+    first, second = store.document(0).tolist(), store.document(1).tolist()
+    assert first == tiny_tokenizer(chat, add_special_tokens=False)["input_ids"]
+    assert first[-1] == eos and first[-2] != eos
+    assert second == tiny_tokenizer(DOCS[0], add_special_tokens=False)["input_ids"] + [eos]
+
+
 def test_store_contents_match_direct_tokenization(
     tiny_tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -174,3 +174,26 @@ def test_warmup_cosine_schedule_shape() -> None:
     assert factors[20] == pytest.approx(0.1) and factors[24] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="total_steps"):
         WarmupCosineLR(opt, total_steps=None).lr_factor(1)
+
+
+def test_packed_documents_do_not_attend_to_each_other(tiny_tokenizer_dir, tiny_tokenizer) -> None:
+    module = make_module(tiny_tokenizer_dir)
+    first = tiny_tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"] + [
+        tiny_tokenizer.eos_token_id
+    ]
+    second = tiny_tokenizer(TEXTS[1], add_special_tokens=False)["input_ids"] + [
+        tiny_tokenizer.eos_token_id
+    ]
+    pad = [tiny_tokenizer.pad_token_id] * 3
+    packed = torch.tensor([first + second + pad])
+    positions = torch.tensor([list(range(len(first))) + list(range(len(second))) + list(range(3))])
+    batch = {
+        "input_ids": packed,
+        "position_ids": positions,
+        "attention_mask": torch.ones_like(packed),
+    }
+    with torch.no_grad():
+        together = module.hidden_states(batch)[0]
+        alone = module.hidden_states({"input_ids": torch.tensor([second])})[0]
+    span = slice(len(first), len(first) + len(second))
+    torch.testing.assert_close(together[span], alone, rtol=1e-5, atol=1e-5)
