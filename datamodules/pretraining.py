@@ -238,7 +238,7 @@ class PretrainingDataModule(L.LightningDataModule):
                 seed=self.seed,
                 names=[s.display_name for s in train],
             )
-        if stage in (None, "fit", "validate") and not self._val_datasets:
+        if stage in (None, "fit", "validate", "test") and not self._val_datasets:
             for name, spec in val.items():
                 self._val_datasets[name] = PackedDataset(
                     [self._packed(spec)], self.tokenizer.pad_token_id
@@ -311,6 +311,10 @@ class PretrainingDataModule(L.LightningDataModule):
             )
             for name in self.val_set_names
         ]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """`python -m experiments test` evaluates on the validation sources (same loaders)."""
+        return self.val_dataloader()
 
 
 __all__ = ["PretrainingDataModule"]

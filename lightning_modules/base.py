@@ -127,7 +127,7 @@ class CausalLMModule(LightningModule):
         self.model: nn.Module | None = None
         self.tokenizer = None
         self._step_loss_parts: dict[str, Tensor] = {}
-        self._val_sums: dict[str, Tensor] = {}
+        self._eval_sums: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ building the student
 
@@ -320,28 +320,37 @@ class CausalLMModule(LightningModule):
         hidden = self.hidden_states(batch)
         nll = self.cross_entropy_sum(hidden, batch["labels"]).detach()
         tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-        name = self._val_set_name(dataloader_idx)
-        sums = self._val_sums.setdefault(
+        name = self._eval_set_name(dataloader_idx)
+        sums = self._eval_sums.setdefault(
             name, torch.zeros(2, dtype=torch.float64, device=self.device)
         )
         sums += torch.stack([nll.double(), tokens.double()])
 
-    def _val_set_name(self, dataloader_idx: int) -> str:
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Same as `validation_step`; logged under `test/`."""
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def _eval_set_name(self, dataloader_idx: int) -> str:
         names = getattr(self.trainer.datamodule, "val_set_names", None) if self._trainer else None
         return names[dataloader_idx] if names else str(dataloader_idx)
 
-    def on_validation_epoch_end(self) -> None:
-        """Log `val/<set>/loss` and `val/<set>/ppl` from the token-weighted sums of all ranks."""
-        for name, sums in self._val_sums.items():
+    def _log_eval_sums(self, prefix: str) -> None:
+        """Log `<prefix>/<set>/loss` and `<prefix>/<set>/ppl` from the token-weighted sums of all ranks."""
+        for name, sums in self._eval_sums.items():
             if self.trainer.world_size > 1:
                 sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
             loss = (sums[0] / sums[1].clamp_min(1)).float()
-            self.log(f"val/{name}/loss", loss, sync_dist=False, rank_zero_only=True)
-            self.log(f"val/{name}/ppl", torch.exp(loss), sync_dist=False, rank_zero_only=True)
-        self._val_sums = {}
+            self.log(f"{prefix}/{name}/loss", loss, rank_zero_only=True)
+            self.log(f"{prefix}/{name}/ppl", torch.exp(loss), rank_zero_only=True)
+        self._eval_sums = {}
 
-    test_step = validation_step
-    on_test_epoch_end = on_validation_epoch_end
+    def on_validation_epoch_end(self) -> None:
+        """Log validation loss and perplexity per set."""
+        self._log_eval_sums("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log test loss and perplexity per set."""
+        self._log_eval_sums("test")
 
     # ------------------------------------------------------------------ optimization
 

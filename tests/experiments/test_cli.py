@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -230,3 +231,24 @@ def test_malformed_jsonl_names_file_and_line(tmp_path, caplog, small_world_args)
     ]
     code, message = exit_code_and_log([*args, *run_args(tmp_path), *small_world_args], caplog)
     assert code == 2 and f"{data}:3" in message
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_validate_and_test_report_perplexity_per_set(
+    subcommand, tmp_path, small_world_args
+) -> None:
+    args = [
+        subcommand,
+        "--config",
+        str(BASE_EXPERIMENT),
+        "--trainer.callbacks=[]",
+        *run_args(tmp_path),
+        *small_world_args,
+    ]
+    cli = build_cli(args)
+    prefix = "val" if subcommand == "validate" else "test"
+    metrics = cli.trainer.callback_metrics
+    for name in ("domain", "general"):
+        loss = float(metrics[f"{prefix}/{name}/loss"])
+        assert 5.0 < loss < 9.0  # an untrained model: close to log(vocab size)
+        assert float(metrics[f"{prefix}/{name}/ppl"]) == pytest.approx(math.exp(loss), rel=1e-5)

@@ -197,3 +197,48 @@ def test_packed_documents_do_not_attend_to_each_other(tiny_tokenizer_dir, tiny_t
         alone = module.hidden_states({"input_ids": torch.tensor([second])})[0]
     span = slice(len(first), len(first) + len(second))
     torch.testing.assert_close(together[span], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(
+    tmp_path, monkeypatch, tiny_tokenizer_dir, tiny_tokenizer
+) -> None:
+    from fsspec.implementations.local import LocalFileOpener
+
+    module = make_module(tiny_tokenizer_dir, total_steps=1)
+    trainer = cpu_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 1))
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    good = path.read_bytes()
+
+    def write_half_then_fail(self, data):
+        self.f.write(bytes(data)[: len(data) // 2])
+        raise OSError("simulated crash: disk full")
+
+    monkeypatch.setattr(LocalFileOpener, "write", write_half_then_fail, raising=False)
+    with pytest.raises(OSError, match="simulated crash"):
+        trainer.save_checkpoint(path)
+    with pytest.raises(OSError, match="simulated crash"):
+        trainer.save_checkpoint(tmp_path / "new.ckpt")
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    assert not (tmp_path / "new.ckpt").exists()
+    assert "state_dict" in torch.load(path, weights_only=False)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(
+    tiny_tokenizer_dir, tiny_tokenizer
+) -> None:
+    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    results = []
+    for checkpointing in (False, True):
+        module = make_module(tiny_tokenizer_dir, gradient_checkpointing=checkpointing)
+        module.model.train()
+        loss = module.compute_losses(batch)["loss"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in module.model.named_parameters()}))
+    (plain_loss, plain_grads), (ckpt_loss, ckpt_grads) = results
+    assert module.model.is_gradient_checkpointing
+    torch.testing.assert_close(ckpt_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
