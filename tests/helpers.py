@@ -109,3 +109,18 @@ def steps_view(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     for entry in steps.values():
         entry["samples"] = sorted(entry["samples"])
     return steps
+
+
+def write_recording_overlay(out: Path, every_n_train_steps: int) -> Path:
+    """A config overlay: checkpoints every `every_n_train_steps` (named `step=N.ckpt`) and a `RecordSteps`."""
+    overlay = out / "overlay.yaml"
+    overlay.write_text(
+        "trainer:\n"
+        "  callbacks:\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        f"      init_args: {{dirpath: {out / 'ckpt'}, every_n_train_steps: {every_n_train_steps}, "
+        "save_top_k: -1, filename: '{step}'}\n"
+        "    - class_path: tests.helpers.RecordSteps\n"
+        f"      init_args: {{path: {out / 'records.jsonl'}}}\n"
+    )
+    return overlay

@@ -12,6 +12,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.helpers import cpu_trainer  # noqa: F401  (re-exported for the callback tests)
+
+
 QA_LINES = [
     ("Question: Where was Alice Varen born? Answer:", " Orlin"),
     ("Question: Who employs Bram Oster? Answer:", " Kestrel Labs"),
@@ -106,22 +109,6 @@ class TinyCausalLM(pl.LightningModule):
 
     def val_dataloader(self) -> DataLoader:
         return loader(self.val_batches)
-
-
-def cpu_trainer(tmp_path: Path, **kwargs: Any) -> pl.Trainer:
-    """A quiet single-process CPU trainer writing under `tmp_path`."""
-    settings: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": str(tmp_path),
-        "num_sanity_val_steps": 0,
-    }
-    settings.update(kwargs)
-    return pl.Trainer(**settings)
 
 
 def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> Path:

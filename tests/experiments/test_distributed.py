@@ -10,7 +10,7 @@ import pytest
 
 from tests.experiments.conftest import CONFIG_DIR, REPO
 from tests.experiments.test_cli import subprocess_env
-from tests.helpers import read_records, steps_view
+from tests.helpers import read_records, steps_view, write_recording_overlay
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -21,15 +21,7 @@ DDP = CONFIG_DIR / "trainer" / "ddp_cpu.yaml"
 def fit(out: Path, small_world_args: list[str], extra: list[str], ddp: bool) -> dict[int, dict]:
     """Run fit as a subprocess (DDP re-launches the command per rank); return the recorded steps."""
     out.mkdir(parents=True)
-    overlay = out / "overlay.yaml"
-    overlay.write_text(
-        "trainer:\n"
-        "  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        f"      init_args: {{dirpath: {out / 'ckpt'}, every_n_train_steps: 3, save_top_k: -1, filename: '{{step}}'}}\n"
-        "    - class_path: tests.helpers.RecordSteps\n"
-        f"      init_args: {{path: {out / 'records.jsonl'}}}\n"
-    )
+    overlay = write_recording_overlay(out, every_n_train_steps=3)
     args = [sys.executable, "-m", "experiments", "fit", "--config", str(BASE_EXPERIMENT)]
     if ddp:
         args += ["--config", str(DDP)]

@@ -12,7 +12,7 @@ from datamodules.world import WorldConfig, WorldDataModule
 from experiments.cli import build_cli
 from lightning_modules import CausalLMModule
 from tests.experiments.conftest import CONFIG_DIR, SMALL_WORLD
-from tests.helpers import TINY_LLAMA, cpu_trainer, read_records, steps_view
+from tests.helpers import TINY_LLAMA, cpu_trainer, read_records, steps_view, write_recording_overlay
 
 BASE_EXPERIMENT = CONFIG_DIR / "cpt" / "world_tiny.yaml"
 
@@ -68,15 +68,7 @@ def record_run(tmp_path: Path, name: str, extra: list[str], small_world_args: li
     """A CLI fit of the tiny experiment with a step recorder and checkpoints every 5 steps."""
     out = tmp_path / name
     out.mkdir(parents=True)
-    overlay = out / "overlay.yaml"
-    overlay.write_text(
-        "trainer:\n"
-        "  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        f"      init_args: {{dirpath: {out / 'ckpt'}, every_n_train_steps: 5, save_top_k: -1, filename: '{{step}}'}}\n"
-        "    - class_path: tests.helpers.RecordSteps\n"
-        f"      init_args: {{path: {out / 'records.jsonl'}}}\n"
-    )
+    overlay = write_recording_overlay(out, every_n_train_steps=5)
     args = [
         "fit",
         "--config",
