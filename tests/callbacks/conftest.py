@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader
 
 from tests.helpers import cpu_trainer  # noqa: F401  (re-exported for the callback tests)
 
-
 QA_LINES = [
     ("Question: Where was Alice Varen born? Answer:", " Orlin"),
     ("Question: Who employs Bram Oster? Answer:", " Kestrel Labs"),
