@@ -13,6 +13,7 @@ from datamodules.world import (
     END,
     SPLITS,
     World,
+    WorldConfig,
     build_world,
     format_chat,
     format_prompt,
@@ -254,5 +255,25 @@ def test_registry_lists_the_contract_splits() -> None:
         "heldout_domain_documents",
         "qa_eval_general",
         "qa_eval_domain",
+        "paraphrased_general_documents",
+        "paraphrased_domain_documents",
     ]
     assert {name for name in TEXT_SPLITS} == set(SPLITS) - {"qa_eval_general", "qa_eval_domain"}
+
+
+@pytest.mark.parametrize("group", ["general", "domain"])
+def test_paraphrases_are_new_texts_in_training_wording_with_every_fact(group: str) -> None:
+    world = build_world(WorldConfig(num_general_entities=8, num_domain_entities=8))
+    training = {r["text"] for r in render_split(world, f"{group}_documents")}
+    paraphrased = [r["text"] for r in render_split(world, f"paraphrased_{group}_documents")]
+    heldout_wording = {
+        t.split("{")[0].strip()
+        for attribute in world.attribute_names
+        for t in world.bio_templates(attribute, "heldout")
+        if t.split("{")[0].strip()
+    }
+    assert len(paraphrased) == 8 * world.config.heldout_paraphrases
+    assert not training.issuperset(paraphrased)
+    for entity, text in zip(world.entities_of(group), paraphrased):
+        assert all(value in text for value in entity.attributes.values())
+        assert not any(text.startswith(prefix) for prefix in heldout_wording if len(prefix) > 8)
