@@ -20,7 +20,9 @@ class Case:
         def cast(t):
             return None if t is None else t.detach().to(dtype)
 
-        return Case(cast(self.x), cast(self.w), cast(self.b), cast(self.xt), cast(self.wt), self.y.clone())
+        return Case(
+            cast(self.x), cast(self.w), cast(self.b), cast(self.xt), cast(self.wt), self.y.clone()
+        )
 
 
 def make_case(
@@ -75,7 +77,11 @@ def assert_close(actual, expected, *, atol: float, rtol: float, what: str = "") 
         assert actual is None and expected is None, what
         return
     torch.testing.assert_close(
-        actual.to(torch.float64), expected.to(torch.float64), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}"
+        actual.to(torch.float64),
+        expected.to(torch.float64),
+        atol=atol,
+        rtol=rtol,
+        msg=lambda m: f"{what}: {m}",
     )
 
 

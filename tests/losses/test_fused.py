@@ -20,8 +20,14 @@ FP32 = dict(atol=1e-5, rtol=5e-4)
 
 def both(case, teacher=True, chunk_size=4, **kwargs):
     """(fused, reference) results for one case."""
-    got = run_linear(losses.fused_linear_distillation_loss, case, teacher=teacher, chunk_size=chunk_size,
-                     backend="torch", **kwargs)
+    got = run_linear(
+        losses.fused_linear_distillation_loss,
+        case,
+        teacher=teacher,
+        chunk_size=chunk_size,
+        backend="torch",
+        **kwargs,
+    )
     ref = run_linear(R.linear_distillation_loss, case, teacher=teacher, **kwargs)
     return got, ref
 
@@ -37,8 +43,17 @@ def both(case, teacher=True, chunk_size=4, **kwargs):
 @pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_matches_reference_fp64(divergence, tau, swap, reduction):
     case = make_case(seed=hash((divergence, tau, swap, reduction)) % 1000)
-    got, ref = both(case, divergence=divergence, beta=0.3, temperature=tau, logit_swap=swap,
-                    reduction=reduction, ce_weight=0.7, kl_weight=1.3, scale_by_temperature_squared=tau != 1.0)
+    got, ref = both(
+        case,
+        divergence=divergence,
+        beta=0.3,
+        temperature=tau,
+        logit_swap=swap,
+        reduction=reduction,
+        ce_weight=0.7,
+        kl_weight=1.3,
+        scale_by_temperature_squared=tau != 1.0,
+    )
     assert_all_close(got, ref, **FP64)
 
 
@@ -52,10 +67,23 @@ def test_jsd_betas_fp64(beta):
 @pytest.mark.parametrize("swap", [False, True])
 def test_matches_reference_fp32(divergence, swap):
     case = make_case(n=21, h=16, ht=12, v=53, seed=5)
-    got = run_linear(losses.fused_linear_distillation_loss, case.to(torch.float32), chunk_size=8,
-                     divergence=divergence, temperature=2.0, logit_swap=swap, beta=0.4)
-    ref = run_linear(R.linear_distillation_loss, case, divergence=divergence, temperature=2.0,
-                     logit_swap=swap, beta=0.4)
+    got = run_linear(
+        losses.fused_linear_distillation_loss,
+        case.to(torch.float32),
+        chunk_size=8,
+        divergence=divergence,
+        temperature=2.0,
+        logit_swap=swap,
+        beta=0.4,
+    )
+    ref = run_linear(
+        R.linear_distillation_loss,
+        case,
+        divergence=divergence,
+        temperature=2.0,
+        logit_swap=swap,
+        beta=0.4,
+    )
     assert_all_close(got, ref, **FP32)
 
 
@@ -63,8 +91,13 @@ def test_matches_reference_fp32(divergence, swap):
 def test_bf16_inputs_loose(divergence):
     """bf16 hidden states and heads: fp32 inside, compared with the fp32 reference on the same bf16 values."""
     case = make_case(n=24, h=16, ht=16, v=45, seed=8).to(torch.bfloat16)
-    got = run_linear(losses.fused_linear_distillation_loss, case, chunk_size=8, divergence=divergence,
-                     logit_swap=True)
+    got = run_linear(
+        losses.fused_linear_distillation_loss,
+        case,
+        chunk_size=8,
+        divergence=divergence,
+        logit_swap=True,
+    )
     ref = run_linear(R.linear_distillation_loss, case, divergence=divergence, logit_swap=True)
     assert got[0].dtype == torch.float32 and got[2]["w"].dtype == torch.bfloat16
     assert_close(got[0], ref[0], atol=5e-3, rtol=5e-2, what="loss")
@@ -98,8 +131,13 @@ def test_all_ignored_chunk():
 def test_all_ignored_batch_gives_zero_loss_and_zero_grads(reduction):
     case = make_case(seed=4)
     case.y[:] = -100
-    loss, parts, grads = run_linear(losses.fused_linear_distillation_loss, case, reduction=reduction,
-                                    divergence="reverse_kl", logit_swap=True)
+    loss, parts, grads = run_linear(
+        losses.fused_linear_distillation_loss,
+        case,
+        reduction=reduction,
+        divergence="reverse_kl",
+        logit_swap=True,
+    )
     assert torch.count_nonzero(loss) == 0 and not torch.isnan(loss).any()
     assert torch.count_nonzero(parts["ce"]) == 0 and torch.count_nonzero(parts["kl"]) == 0
     for g in grads.values():
@@ -134,7 +172,9 @@ def test_swap_rows_in_place_semantics():
 
     t = torch.tensor([[1.0, 5.0, 2.0, 5.0], [0.0, 3.0, 1.0, 2.0], [2.0, 7.0, 7.0, 1.0]])
     swap_rows_(t, torch.tensor([2, 1, 2]))
-    assert torch.equal(t, torch.tensor([[1.0, 2.0, 5.0, 5.0], [0.0, 3.0, 1.0, 2.0], [2.0, 7.0, 7.0, 1.0]]))
+    assert torch.equal(
+        t, torch.tensor([[1.0, 2.0, 5.0, 5.0], [0.0, 3.0, 1.0, 2.0], [2.0, 7.0, 7.0, 1.0]])
+    )
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 64, None])
@@ -147,8 +187,13 @@ def test_vocab_and_rows_not_multiples_of_the_chunk(chunk_size):
 def test_chunk_size_does_not_change_the_result_beyond_rounding():
     case = make_case(n=33, h=16, ht=8, v=61, seed=10).to(torch.float32)
     results = [
-        run_linear(losses.fused_linear_distillation_loss, case, chunk_size=c, divergence="reverse_kl",
-                   logit_swap=True)
+        run_linear(
+            losses.fused_linear_distillation_loss,
+            case,
+            chunk_size=c,
+            divergence="reverse_kl",
+            logit_swap=True,
+        )
         for c in (1, 5, 16, 33)
     ]
     for other in results[1:]:
@@ -162,13 +207,22 @@ def test_row_blocks_inside_a_chunk_do_not_change_the_result():
     g = torch.Generator().manual_seed(12)
     s0, t0 = torch.randn(2, 9, 23, generator=g, dtype=torch.float64) * 3
     y = torch.randint(0, 23, (9,), generator=g)
-    spec = make_spec(ce_weight=1.0, kl_weight=1.0, divergence="jsd", beta=0.3, temperature=2.0,
-                     scale_by_temperature_squared=False, logit_swap=True, has_teacher=True)
+    spec = make_spec(
+        ce_weight=1.0,
+        kl_weight=1.0,
+        divergence="jsd",
+        beta=0.3,
+        temperature=2.0,
+        scale_by_temperature_squared=False,
+        logit_swap=True,
+        has_teacher=True,
+    )
     outs = []
     for block in (23, 3 * 23, 10**6):
         s, t = s0.clone(), t0.clone()
-        ce, kl = loss_rows_torch(s, t, y, spec, torch.linspace(0.5, 1, 9, dtype=torch.float64),
-                                 block_elements=block)
+        ce, kl = loss_rows_torch(
+            s, t, y, spec, torch.linspace(0.5, 1, 9, dtype=torch.float64), block_elements=block
+        )
         outs.append((ce, kl, s))
     for other in outs[1:]:
         for a, b in zip(other, outs[0]):
@@ -179,13 +233,23 @@ def test_row_blocks_inside_a_chunk_do_not_change_the_result():
 def test_huge_logits_do_not_overflow(divergence):
     """Logits of order 1e4 (exp would overflow in fp32 and fp64)."""
     case = make_case(n=10, v=30, seed=13, logit_scale=1e4)
-    got = run_linear(losses.fused_linear_distillation_loss, case.to(torch.float32), chunk_size=4,
-                     divergence=divergence, temperature=2.0, logit_swap=True)
+    got = run_linear(
+        losses.fused_linear_distillation_loss,
+        case.to(torch.float32),
+        chunk_size=4,
+        divergence=divergence,
+        temperature=2.0,
+        logit_swap=True,
+    )
     for t in (got[0], *got[1].values(), *got[2].values()):
         assert torch.isfinite(t).all()
-    ref = run_linear(R.linear_distillation_loss, case, divergence=divergence, temperature=2.0, logit_swap=True)
+    ref = run_linear(
+        R.linear_distillation_loss, case, divergence=divergence, temperature=2.0, logit_swap=True
+    )
     # fp32 logits of size 1e4 carry absolute errors of about 1e-3, so compare relatively to the scale.
-    assert_close(got[0], ref[0], atol=1e-2 * max(1.0, ref[0].abs().item()) * 1e-2, rtol=1e-3, what="loss")
+    assert_close(
+        got[0], ref[0], atol=1e-2 * max(1.0, ref[0].abs().item()) * 1e-2, rtol=1e-3, what="loss"
+    )
     assert_close(got[2]["b"], ref[2]["b"], atol=1e-3, rtol=1e-2, what="grad b")
 
 
@@ -200,11 +264,16 @@ def test_batched_inputs_are_flattened_and_none_keeps_the_label_shape():
     case = make_case(n=12, seed=15)
     x = case.x.reshape(3, 4, -1).clone().requires_grad_()
     loss = losses.fused_linear_distillation_loss(
-        x, case.w, case.y.reshape(3, 4), teacher_hidden=case.xt.reshape(3, 4, -1), teacher_weight=case.wt,
+        x,
+        case.w,
+        case.y.reshape(3, 4),
+        teacher_hidden=case.xt.reshape(3, 4, -1),
+        teacher_weight=case.wt,
         reduction="none",
     )
-    ref = R.linear_distillation_loss(case.x, case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt,
-                                     reduction="none")
+    ref = R.linear_distillation_loss(
+        case.x, case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, reduction="none"
+    )
     assert loss.shape == (3, 4)
     torch.testing.assert_close(loss.reshape(-1), ref, **dict(atol=1e-10, rtol=1e-9))
     loss.sum().backward()
@@ -213,8 +282,14 @@ def test_batched_inputs_are_flattened_and_none_keeps_the_label_shape():
 
 def test_parts_add_up_to_the_loss():
     case = make_case(seed=16)
-    loss, parts, _ = run_linear(losses.fused_linear_distillation_loss, case, ce_weight=0.3, kl_weight=2.0,
-                                temperature=2.0, scale_by_temperature_squared=True)
+    loss, parts, _ = run_linear(
+        losses.fused_linear_distillation_loss,
+        case,
+        ce_weight=0.3,
+        kl_weight=2.0,
+        temperature=2.0,
+        scale_by_temperature_squared=True,
+    )
     torch.testing.assert_close(loss, 0.3 * parts["ce"] + 2.0 * parts["kl"])
     assert not parts["ce"].requires_grad
 
@@ -242,8 +317,18 @@ def test_gradcheck_float64(reduction):
 
     def fn(x, w, b):
         return losses.fused_linear_distillation_loss(
-            x, w, case.y, student_bias=b, teacher_hidden=case.xt, teacher_weight=case.wt, divergence="jsd",
-            temperature=2.0, logit_swap=True, reduction=reduction, chunk_size=4, allow_retain_graph=True,
+            x,
+            w,
+            case.y,
+            student_bias=b,
+            teacher_hidden=case.xt,
+            teacher_weight=case.wt,
+            divergence="jsd",
+            temperature=2.0,
+            logit_swap=True,
+            reduction=reduction,
+            chunk_size=4,
+            allow_retain_graph=True,
         )
 
     assert torch.autograd.gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-7, fast_mode=True)
@@ -257,14 +342,20 @@ def test_external_normalizer_accumulates_like_one_batch():
     total = torch.zeros((), dtype=torch.float64)
     for part, normalizer in ((slice(0, 8), n_tokens), (slice(8, 20), torch.tensor(n_tokens))):
         loss = losses.fused_linear_distillation_loss(
-            case.x[part], w, case.y[part], teacher_hidden=case.xt[part], teacher_weight=case.wt,
-            normalizer=normalizer, logit_swap=True,
+            case.x[part],
+            w,
+            case.y[part],
+            teacher_hidden=case.xt[part],
+            teacher_weight=case.wt,
+            normalizer=normalizer,
+            logit_swap=True,
         )
         loss.backward()
         total += loss.detach()
     w_one = case.w.clone().requires_grad_()
-    one = losses.fused_linear_distillation_loss(case.x, w_one, case.y, teacher_hidden=case.xt,
-                                                teacher_weight=case.wt, logit_swap=True)
+    one = losses.fused_linear_distillation_loss(
+        case.x, w_one, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, logit_swap=True
+    )
     one.backward()
     torch.testing.assert_close(total, one.detach(), atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(w.grad, w_one.grad, atol=1e-12, rtol=1e-12)
@@ -275,13 +366,19 @@ def test_no_gradient_reaches_the_teacher_even_when_it_shares_the_student_head():
     xt = case.xt.clone().requires_grad_()
     wt = case.wt.clone().requires_grad_()
     x = case.x.clone().requires_grad_()
-    losses.fused_linear_distillation_loss(x, case.w, case.y, teacher_hidden=xt, teacher_weight=wt).backward()
+    losses.fused_linear_distillation_loss(
+        x, case.w, case.y, teacher_hidden=xt, teacher_weight=wt
+    ).backward()
     assert xt.grad is None and wt.grad is None
     # LoRA-style teacher: the very same head tensor for both
     w = case.w.clone().requires_grad_()
-    losses.fused_linear_distillation_loss(case.x, w, case.y, teacher_hidden=case.xt, teacher_weight=w).backward()
+    losses.fused_linear_distillation_loss(
+        case.x, w, case.y, teacher_hidden=case.xt, teacher_weight=w
+    ).backward()
     w_ref = case.w.clone().requires_grad_()
-    R.linear_distillation_loss(case.x, w_ref, case.y, teacher_hidden=case.xt, teacher_weight=w_ref).backward()
+    R.linear_distillation_loss(
+        case.x, w_ref, case.y, teacher_hidden=case.xt, teacher_weight=w_ref
+    ).backward()
     torch.testing.assert_close(w.grad, w_ref.grad, **dict(atol=1e-10, rtol=1e-9))
 
 
@@ -301,8 +398,9 @@ def test_inputs_are_not_mutated():
 def test_frozen_head_gets_no_gradient_work():
     case = make_case(seed=22)
     x = case.x.clone().requires_grad_()
-    loss = losses.fused_linear_distillation_loss(x, case.w, case.y, student_bias=case.b,
-                                                 teacher_hidden=case.xt, teacher_weight=case.wt)
+    loss = losses.fused_linear_distillation_loss(
+        x, case.w, case.y, student_bias=case.b, teacher_hidden=case.xt, teacher_weight=case.wt
+    )
     loss.backward()
     ref = run_linear(R.linear_distillation_loss, case)
     torch.testing.assert_close(x.grad, ref[2]["x"] / 1.7, atol=1e-10, rtol=1e-9)
@@ -311,8 +409,9 @@ def test_frozen_head_gets_no_gradient_work():
 def test_second_backward_needs_allow_retain_graph():
     case = make_case(seed=23)
     w = case.w.clone().requires_grad_()
-    loss = losses.fused_linear_distillation_loss(case.x, w, case.y, teacher_hidden=case.xt,
-                                                 teacher_weight=case.wt)
+    loss = losses.fused_linear_distillation_loss(
+        case.x, w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt
+    )
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="allow_retain_graph"):
         loss.backward()
@@ -322,8 +421,12 @@ def test_runs_under_torch_compile():
     case = make_case(seed=24).to(torch.float32)
 
     def step(x, w):
-        return losses.fused_linear_distillation_loss(x, w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt,
-                                                     logit_swap=True) * 2.0
+        return (
+            losses.fused_linear_distillation_loss(
+                x, w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, logit_swap=True
+            )
+            * 2.0
+        )
 
     x = case.x.clone().requires_grad_()
     compiled = torch.compile(step, backend="eager")(x, case.w)
@@ -346,10 +449,22 @@ def test_logits_variant_matches_reference(reduction, divergence):
     case = make_case(seed=25)
     zt = case.xt @ case.wt.T
     results = []
-    for fn, extra in ((losses.fused_distillation_loss, dict(chunk_size=3)), (R.distillation_loss, {})):
+    for fn, extra in (
+        (losses.fused_distillation_loss, dict(chunk_size=3)),
+        (R.distillation_loss, {}),
+    ):
         z = (case.x @ case.w.T).requires_grad_()
-        loss, parts = fn(z, zt, case.y, divergence=divergence, logit_swap=True, temperature=2.0,
-                         reduction=reduction, return_parts=True, **extra)
+        loss, parts = fn(
+            z,
+            zt,
+            case.y,
+            divergence=divergence,
+            logit_swap=True,
+            temperature=2.0,
+            reduction=reduction,
+            return_parts=True,
+            **extra,
+        )
         loss.backward(torch.ones_like(loss) * 1.3)
         results.append((loss.detach(), parts, z.grad))
     (l1, p1, g1), (l2, p2, g2) = results
@@ -369,7 +484,9 @@ def test_fused_linear_cross_entropy(backend, reduction):
         x = case.x.clone().requires_grad_()
         w = case.w.clone().requires_grad_()
         b = case.b.clone().requires_grad_()
-        kwargs = dict(chunk_size=4, backend=backend) if fn is losses.fused_linear_cross_entropy else {}
+        kwargs = (
+            dict(chunk_size=4, backend=backend) if fn is losses.fused_linear_cross_entropy else {}
+        )
         loss = fn(x, w, case.y, b, reduction=reduction, **kwargs)
         loss.backward(torch.ones_like(loss) * 0.7)
         results.append((loss.detach(), x.grad, w.grad, b.grad))
@@ -386,8 +503,9 @@ def test_cross_entropy_matches_torch_oracles_and_handles_all_ignored(backend):
     got = losses.fused_linear_cross_entropy(case.x, case.w, case.y, case.b, backend=backend)
     torch.testing.assert_close(got, oracle, **FP32)
     if losses.native_linear_cross_entropy_available():
-        native = F.linear_cross_entropy(case.x, case.w, case.y, linear_bias=case.b,
-                                        options=torch.nn.LinearCrossEntropyOptions())
+        native = F.linear_cross_entropy(
+            case.x, case.w, case.y, linear_bias=case.b, options=torch.nn.LinearCrossEntropyOptions()
+        )
         torch.testing.assert_close(got, native, **FP32)
     w = case.w.clone().requires_grad_()
     ignored = torch.full_like(case.y, -100)
@@ -395,8 +513,12 @@ def test_cross_entropy_matches_torch_oracles_and_handles_all_ignored(backend):
     loss.backward()
     assert loss.item() == 0.0 and torch.count_nonzero(w.grad) == 0
     n = torch.tensor(40)
-    with_norm = losses.fused_linear_cross_entropy(case.x, case.w, case.y, case.b, normalizer=n, backend=backend)
-    summed = losses.fused_linear_cross_entropy(case.x, case.w, case.y, case.b, reduction="sum", backend=backend)
+    with_norm = losses.fused_linear_cross_entropy(
+        case.x, case.w, case.y, case.b, normalizer=n, backend=backend
+    )
+    summed = losses.fused_linear_cross_entropy(
+        case.x, case.w, case.y, case.b, reduction="sum", backend=backend
+    )
     torch.testing.assert_close(with_norm, summed / 40)
 
 
@@ -423,12 +545,23 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="normalizer"):
         call(case.x, case.w, case.y, kl_weight=0.0, reduction="sum", normalizer=3)
     with pytest.raises(ValueError, match="divergence"):
-        call(case.x, case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, divergence="tvd")
+        call(
+            case.x, case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, divergence="tvd"
+        )
     with pytest.raises(ValueError, match="temperature"):
-        call(case.x, case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, temperature=0.0)
+        call(
+            case.x, case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, temperature=0.0
+        )
     with pytest.raises(ValueError, match="identically 0"):
-        call(case.x, case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt,
-             divergence="skew_forward_kl", beta=1.0)
+        call(
+            case.x,
+            case.w,
+            case.y,
+            teacher_hidden=case.xt,
+            teacher_weight=case.wt,
+            divergence="skew_forward_kl",
+            beta=1.0,
+        )
     with pytest.raises(ValueError, match="cast one of them"):
         call(case.x.float(), case.w, case.y, kl_weight=0.0)
 
@@ -438,7 +571,9 @@ def test_triton_backend_refuses_cpu_tensors_outside_the_interpreter(monkeypatch)
     monkeypatch.setattr(fused_mod, "_triton_importable", lambda: True)
     case = make_case(seed=29).to(torch.float32)
     with pytest.raises(ValueError, match="CUDA"):
-        losses.fused_linear_distillation_loss(case.x, case.w, case.y, kl_weight=0.0, backend="triton")
+        losses.fused_linear_distillation_loss(
+            case.x, case.w, case.y, kl_weight=0.0, backend="triton"
+        )
 
 
 def test_cuda_without_triton_falls_back_with_one_warning(monkeypatch):
@@ -450,4 +585,18 @@ def test_cuda_without_triton_falls_back_with_one_warning(monkeypatch):
         assert fused_mod._row_step("auto", cuda, torch.bfloat16) is fused_mod.loss_rows_torch
         assert fused_mod._row_step("auto", cuda, torch.bfloat16) is fused_mod.loss_rows_torch
     assert len([w for w in caught if "triton is not installed" in str(w.message)]) == 1
-    assert fused_mod._row_step("auto", torch.device("cpu"), torch.float32) is fused_mod.loss_rows_torch
+    assert (
+        fused_mod._row_step("auto", torch.device("cpu"), torch.float32) is fused_mod.loss_rows_torch
+    )
+
+
+def test_importing_losses_loads_neither_triton_nor_dynamo():
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    code = "import sys, losses; print('triton' in sys.modules, 'torch._dynamo' in sys.modules)"
+    root = Path(losses.__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.split() == ["False", "False"]

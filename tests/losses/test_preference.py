@@ -29,8 +29,14 @@ PAIR = dict(
     ("kwargs", "expected"),
     [
         (dict(loss_type="sigmoid"), -_logsigmoid(0.15)),
-        (dict(loss_type="sigmoid", label_smoothing=0.1), -0.9 * _logsigmoid(0.15) - 0.1 * _logsigmoid(-0.15)),
-        (dict(loss_type="robust", label_smoothing=0.1), (-0.9 * _logsigmoid(0.15) + 0.1 * _logsigmoid(-0.15)) / 0.8),
+        (
+            dict(loss_type="sigmoid", label_smoothing=0.1),
+            -0.9 * _logsigmoid(0.15) - 0.1 * _logsigmoid(-0.15),
+        ),
+        (
+            dict(loss_type="robust", label_smoothing=0.1),
+            (-0.9 * _logsigmoid(0.15) + 0.1 * _logsigmoid(-0.15)) / 0.8,
+        ),
         (dict(loss_type="robust"), -_logsigmoid(0.15)),
         (dict(loss_type="hinge"), 1 - 0.15),
         (dict(loss_type="ipo"), (1.5 - 1 / (2 * 0.1)) ** 2),
@@ -51,7 +57,9 @@ def test_dpo_rewards_gradients_and_reductions():
     rr = torch.tensor([-2.5, -2.0], dtype=torch.float64)
     out = losses.dpo_loss(pc, pr, rc, rr, beta=0.5)
     torch.testing.assert_close(out.chosen_rewards, torch.tensor([0.5, 0.0], dtype=torch.float64))
-    torch.testing.assert_close(out.rejected_rewards, torch.tensor([-0.25, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        out.rejected_rewards, torch.tensor([-0.25, 0.0], dtype=torch.float64)
+    )
     out.loss.backward()
     # d/dh of −log σ(βh) is −β σ(−βh); the mean over 2 pairs halves it. Pair 2 has h = 0.
     expected = torch.tensor([-0.5 * torch.sigmoid(torch.tensor(-0.75)).item(), -0.5 * 0.5]) / 2
@@ -59,7 +67,9 @@ def test_dpo_rewards_gradients_and_reductions():
     torch.testing.assert_close(pr.grad, -expected.to(torch.float64))
     per_pair = losses.dpo_loss(pc, pr, rc, rr, beta=0.5, reduction="none").loss
     assert per_pair.shape == (2,)
-    torch.testing.assert_close(losses.dpo_loss(pc, pr, rc, rr, beta=0.5, reduction="sum").loss, per_pair.sum())
+    torch.testing.assert_close(
+        losses.dpo_loss(pc, pr, rc, rr, beta=0.5, reduction="sum").loss, per_pair.sum()
+    )
 
 
 def test_dpo_argument_errors():

@@ -31,7 +31,9 @@ def _explicit(zs, zt, divergence, beta, tau):
     return kl(q, beta * q + (1 - beta) * p)
 
 
-@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"])
+@pytest.mark.parametrize(
+    "divergence", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"]
+)
 @pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("tau", [0.5, 2.0])
 def test_token_divergence_matches_explicit_sums(divergence, beta, tau):
@@ -39,7 +41,9 @@ def test_token_divergence_matches_explicit_sums(divergence, beta, tau):
     zs = torch.randn(5, 11, generator=g, dtype=torch.float64) * 2
     zt = torch.randn(5, 11, generator=g, dtype=torch.float64) * 2
     got = R.token_divergence(zs, zt, divergence, beta, tau)
-    torch.testing.assert_close(got, _explicit(zs, zt, divergence, beta, tau), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(
+        got, _explicit(zs, zt, divergence, beta, tau), atol=1e-12, rtol=1e-10
+    )
 
 
 def test_jsd_endpoints_follow_the_trl_convention():
@@ -59,7 +63,9 @@ def test_forward_kl_gradient_equals_the_soft_cross_entropy_form():
     g = torch.Generator().manual_seed(5)
     zs = torch.randn(4, 10, generator=g, dtype=torch.float64, requires_grad=True)
     zt = torch.randn(4, 10, generator=g, dtype=torch.float64)
-    (g_kl,) = torch.autograd.grad(R.token_divergence(zs, zt, "forward_kl", temperature=2.0).sum(), zs)
+    (g_kl,) = torch.autograd.grad(
+        R.token_divergence(zs, zt, "forward_kl", temperature=2.0).sum(), zs
+    )
     soft_ce = -(torch.softmax(zt / 2, -1) * torch.log_softmax(zs / 2, -1)).sum()
     (g_ce,) = torch.autograd.grad(soft_ce, zs)
     torch.testing.assert_close(g_kl, g_ce, atol=1e-12, rtol=1e-10)
@@ -88,7 +94,9 @@ def test_cross_entropy_matches_torch_and_all_ignored_mean_is_zero():
     z = torch.randn(6, 9, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([1, -100, 3, 8, -100, 0])
     torch.testing.assert_close(R.cross_entropy(z, y), F.cross_entropy(z, y))
-    torch.testing.assert_close(R.cross_entropy(z, y, reduction="sum"), F.cross_entropy(z, y, reduction="sum"))
+    torch.testing.assert_close(
+        R.cross_entropy(z, y, reduction="sum"), F.cross_entropy(z, y, reduction="sum")
+    )
     everything_ignored = torch.full((6,), -100)
     loss = R.cross_entropy(z, everything_ignored)
     loss.backward()

@@ -21,7 +21,9 @@ from tests.losses.helpers import assert_all_close, make_case, run_linear
 pytest.importorskip("triton")
 pytest.importorskip("numpy")  # the interpreter needs it and triton does not declare it
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1 (tests/conftest.py sets it)", allow_module_level=True)
+    pytest.skip(
+        "needs CUDA or TRITON_INTERPRET=1 (tests/conftest.py sets it)", allow_module_level=True
+    )
 
 from losses import triton_kernels as K
 
@@ -29,10 +31,19 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = dict(atol=2e-6, rtol=2e-5)
 
 
-def _spec(divergence="forward_kl", *, teacher=True, swap=True, tau=2.0, ce_weight=0.7, kl_weight=1.3):
-    return make_spec(ce_weight=ce_weight, kl_weight=kl_weight if teacher else 0.0, divergence=divergence,
-                     beta=0.3, temperature=tau, scale_by_temperature_squared=True, logit_swap=swap,
-                     has_teacher=teacher)
+def _spec(
+    divergence="forward_kl", *, teacher=True, swap=True, tau=2.0, ce_weight=0.7, kl_weight=1.3
+):
+    return make_spec(
+        ce_weight=ce_weight,
+        kl_weight=kl_weight if teacher else 0.0,
+        divergence=divergence,
+        beta=0.3,
+        temperature=tau,
+        scale_by_temperature_squared=True,
+        logit_swap=swap,
+        has_teacher=teacher,
+    )
 
 
 def _rows(n=4, v=37, seed=0, scale=3.0):
@@ -54,7 +65,9 @@ def _compare(s, t, y, spec, scale, block_v=16):
         torch.testing.assert_close(s_triton, s_torch, **TOL)
 
 
-@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"])
+@pytest.mark.parametrize(
+    "divergence", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"]
+)
 def test_row_kernel_matches_torch_row_step(divergence):
     """V = 37 with 16-wide blocks: several blocks and a masked tail; per-row gradient factors."""
     s, t, y = _rows(seed=1)
@@ -114,8 +127,13 @@ def test_row_offsets_are_int64():
 def test_fused_loss_with_the_triton_backend_matches_the_reference():
     case = make_case(n=9, h=8, ht=5, v=37, seed=6, ignore_frac=0.3)
     kwargs = dict(divergence="jsd", beta=0.3, temperature=2.0, logit_swap=True)
-    got = run_linear(losses.fused_linear_distillation_loss, case.to(torch.float32), chunk_size=4,
-                     backend="triton", **kwargs)
+    got = run_linear(
+        losses.fused_linear_distillation_loss,
+        case.to(torch.float32),
+        chunk_size=4,
+        backend="triton",
+        **kwargs,
+    )
     ref = run_linear(R.linear_distillation_loss, case, **kwargs)
     assert_all_close(got, ref, atol=1e-5, rtol=5e-4)
 
