@@ -285,6 +285,8 @@ class Config:
     impls: list[str]
     rounds: int  # interleaved rounds: every implementation once per round, each in a fresh process
     eager_ns: list[int] | None = None  # measure eager at these N and extrapolate to n
+    # at the eager_ns, also measure these (a direct comparison at equal N, next to the extrapolation)
+    same_n: tuple[str, ...] = ("ours", "ours_ce")
 
 
 def plan(quick: bool) -> list[Config]:
@@ -527,6 +529,35 @@ def table(config: Config, rows: dict[str, Row]) -> str:
     out.append(
         "ref = `eager_ce` for the cross-entropy rows, `eager` for the others; `*` = extrapolated."
     )
+    if config.eager_ns:
+        out += [
+            "",
+            f"Measured at equal N (the points of the extrapolation), H={config.h}, V={config.v}:",
+            "",
+            "| N | impl | peak live MiB | RSS delta MiB | wall s (min–max) [runs] | CPU s | "
+            "live vs ref | RSS vs ref | wall vs ref | CPU vs ref |",
+            "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for n in config.eager_ns:
+            for impl in ("eager", "ours", "eager_ce", "ours_ce"):
+                r = rows.get(f"{impl}@{n}")
+                if r is None or r.error:
+                    continue
+                ref = rows.get(f"{_ref_for(impl)}@{n}")
+                cells = [""] * 4
+                if ref is not None and not ref.error and not impl.startswith("eager"):
+                    cells = [
+                        f"1/{ref.live / r.live:.1f}",
+                        f"1/{ref.rss / r.rss:.1f}",
+                        f"{r.median / ref.median:.2f}",
+                        f"{r.cpu / ref.cpu:.2f}",
+                    ]
+                out.append(
+                    f"| {n} | {impl} | {_mib(r.live)} | {_mib(r.rss)} | {r.median:.2f} "
+                    f"({r.tmin:.2f}–{r.tmax:.2f}) [{r.runs}] | {r.cpu:.2f} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
     return "\n".join(out)
 
 
@@ -559,6 +590,19 @@ def targets(config: Config, rows: dict[str, Row]) -> str:
             )
         for what, a, b in (("wall", ours.median, liger.median), ("CPU", ours.cpu, liger.cpu)):
             check("time vs liger", a <= b, f"{what} {a:.2f} s / {b:.2f} s = {a / b:.2f}")
+    if config.eager_ns:
+        n = config.eager_ns[-1]
+        small_ours, small_eager = get(f"ours@{n}"), get(f"eager@{n}")
+        if small_ours and small_eager:
+            for what, a, b in (
+                ("wall", small_ours.median, small_eager.median),
+                ("CPU", small_ours.cpu, small_eager.cpu),
+            ):
+                check(
+                    "time vs eager",
+                    a / b <= 0.7,
+                    f"measured at equal N={n}: {what} {a:.2f} s / {b:.2f} s = {a / b:.2f}",
+                )
     if ours and kl:
         for what, a, b in (("wall", ours.median, kl.median), ("CPU", ours.cpu, kl.cpu)):
             check("ce+kl vs kl", a / b <= 1.15, f"{what} {a:.2f} s / {b:.2f} s = {a / b:.2f}")
@@ -578,10 +622,16 @@ def measure(
     impls = [
         i for i in config.impls if (not only or i in only) and (liger or not i.startswith("liger"))
     ]
-    jobs = []  # (impl, n)
+    jobs = []  # (impl, n), the equal-N partner right after each eager point
     for impl in impls:
-        ns = config.eager_ns if (impl in ("eager", "eager_ce") and config.eager_ns) else [config.n]
-        jobs += [(impl, n) for n in ns]
+        if config.eager_ns and impl in ("eager", "eager_ce"):
+            partner = "ours" if impl == "eager" else "ours_ce"
+            for n in config.eager_ns:
+                jobs.append((impl, n))
+                if partner in config.same_n and partner in impls:
+                    jobs.append((partner, n))
+        else:
+            jobs.append((impl, config.n))
     raw: dict[tuple[str, int], list[Result]] = {job: [] for job in jobs}
     for round_ in range(config.rounds):
         # Rotate the order every round, so that no implementation always follows the same neighbour (the
@@ -619,6 +669,9 @@ def measure(
                 )
             )
     rows: dict[str, Row] = {}
+    for (impl, n), results in raw.items():
+        if n != config.n:
+            rows[f"{impl}@{n}"] = _aggregate(impl, results)
     for impl in impls:
         if impl in ("eager", "eager_ce") and config.eager_ns:
             lo, hi = config.eager_ns[0], config.eager_ns[-1]

@@ -593,10 +593,11 @@ def test_cuda_without_triton_falls_back_with_one_warning(monkeypatch):
 def test_importing_losses_loads_neither_triton_nor_dynamo():
     import subprocess
     import sys
-
     from pathlib import Path
 
     code = "import sys, losses; print('triton' in sys.modules, 'torch._dynamo' in sys.modules)"
     root = Path(losses.__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
     assert out.stdout.split() == ["False", "False"]
