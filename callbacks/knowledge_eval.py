@@ -26,7 +26,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from callbacks._common import eval_mode, get_model, get_tokenizer, run_dir, strategy_kind
-from datamodules.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from callbacks._common import get_model
-from datamodules.errors import ConfigError
+from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

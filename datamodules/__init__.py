@@ -3,7 +3,7 @@
 The synthetic world lives in `datamodules.world` (imported on its own).
 """
 
-from datamodules.errors import AdaptLMError, ConfigError, DataError
+from common.errors import AdaptLMError, ConfigError, DataError
 from datamodules.packing import (
     IGNORE_INDEX,
     KeyedBatches,

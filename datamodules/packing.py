@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from common import IGNORE_INDEX
 from datamodules.store import TokenizedStore
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.errors import ConfigError, DataError
+from common import ConfigError, DataError, load_tokenizer
 from datamodules.packing import PackedDataset, PackedRows, collate_rows
 from datamodules.sampler import (
     GlobalStepBatchSampler,
@@ -137,20 +137,7 @@ class PretrainingDataModule(L.LightningDataModule):
     def tokenizer(self) -> Any:
         """The loaded `PreTrainedTokenizerBase` (pad token = EOS when missing)."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            path = self.tokenizer_path
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(path)
-            except Exception as err:  # one line naming the key, not a hub traceback
-                raise ConfigError(
-                    f"{_KEY}.tokenizer",
-                    f"cannot load tokenizer {path!r}: {type(err).__name__}: {err}",
-                ) from None
-            if tokenizer.eos_token_id is None:
-                raise ConfigError(f"{_KEY}.tokenizer", f"tokenizer {path!r} has no EOS token")
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
+            tokenizer = load_tokenizer(self.tokenizer_path, key=f"{_KEY}.tokenizer")
             self._tokenizer = tokenizer
         return self._tokenizer
 

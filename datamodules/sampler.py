@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from datamodules.errors import ConfigError
+from common.errors import ConfigError
 from datamodules.packing import KeyedBatches, PackedDataset, collate_rows
 
 log = logging.getLogger(__name__)

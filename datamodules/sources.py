@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from datamodules.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.errors import ConfigError
+from common.errors import ConfigError
 from datamodules.sources import ReadStats, SourceSpec, detect_format, read_documents
 from datamodules.sources import source_fingerprint as _source_fingerprint
 

@@ -16,7 +16,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from datamodules.errors import find_user_error
+from common.errors import find_user_error
 from lightning_modules.base import CausalLMModule
 
 log = logging.getLogger("experiments")

@@ -19,13 +19,13 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from datamodules.errors import ConfigError
+from common import IGNORE_INDEX
+from common.errors import ConfigError
 from lightning_modules.schedulers import WarmupCosineLR
 from losses import fused_linear_cross_entropy
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

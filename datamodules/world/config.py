@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from datamodules.errors import ConfigError
+from common.errors import ConfigError
 from datamodules.world.chat import SPECIAL_TOKENS
 from datamodules.world.templates import ATTRIBUTES, NAME_CAPACITY
 

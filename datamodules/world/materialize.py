@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datamodules.errors import DataError
+from common.errors import DataError
 from datamodules.world.config import WorldConfig
 from datamodules.world.generator import GENERATOR_VERSION, World, build_world
 from datamodules.world.splits import SPLITS, Record, render_split, text_of

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from datamodules.errors import DataError
+from common.errors import DataError
 from datamodules.world.generator import Group, TemplateSet, World
 
 Record = dict[str, Any]

@@ -23,7 +23,7 @@ from callbacks import (
 )
 from callbacks._common import eval_mode
 from callbacks.knowledge_eval import _shard, perplexity_chunks
-from datamodules.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError
 from tests.callbacks.conftest import (
     QA_LINES,
     cpu_trainer,

@@ -17,7 +17,7 @@ from callbacks.throughput import (
     peak_flops_for,
     training_flops_per_token,
 )
-from datamodules.errors import ConfigError
+from common.errors import ConfigError
 from tests.callbacks.conftest import cpu_trainer, pad_batch, tiny_llama
 
 

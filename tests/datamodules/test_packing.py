@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.packing import IGNORE_INDEX, PackedDataset, PackedRows, collate_rows
+from common import IGNORE_INDEX
+from datamodules.packing import PackedDataset, PackedRows, collate_rows
 from datamodules.sources import SourceSpec
 from datamodules.store import TokenizedStore
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from common import IGNORE_INDEX
+from common.errors import ConfigError, DataError
 from datamodules import store as store_module
-from datamodules.errors import ConfigError, DataError
-from datamodules.packing import IGNORE_INDEX
 from datamodules.pretraining import PretrainingDataModule
 from datamodules.sampler import ResumableDataLoader
 from datamodules.sources import SourceSpec

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from datamodules.errors import ConfigError
+from common.errors import ConfigError
 from datamodules.sampler import GlobalStepBatchSampler, Mixture, validate_ratios
 
 KEY = "data.init_args.train_sources"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError
 from datamodules.sources import (
     ReadStats,
     SourceSpec,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.errors import ConfigError
+from common.errors import ConfigError
 from lightning_modules import CausalLMModule
 from lightning_modules.base import LoraSettings
 from tests.helpers import TINY_LLAMA, cpu_trainer, fixed_batch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from datamodules.errors import ConfigError
+from common.errors import ConfigError
 from datamodules.world import WorldConfig, build_world, materialize_world
 from datamodules.world.config import MAX_ENTITIES
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from datamodules.errors import DataError
+from common.errors import DataError
 from datamodules.world import (
     ATTRIBUTES,
     END,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.errors import DataError
+from common.errors import DataError
 from datamodules.world import SPLITS, WorldArtifacts, materialize_world, world_fingerprint
 from datamodules.world import materialize as materialize_module
 

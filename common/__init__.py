@@ -1,0 +1,19 @@
+"""What every package of adaptlm may import: user-facing errors, the ignore index, tokenizer loading.
+
+It imports no other adaptlm package (`losses` imports nothing from the project at all).
+"""
+
+from common.errors import AdaptLMError, ConfigError, DataError, find_user_error
+from common.tokenizer import load_tokenizer
+
+IGNORE_INDEX = -100
+"""Label of a position that carries no loss (PyTorch's and transformers' convention)."""
+
+__all__ = [
+    "IGNORE_INDEX",
+    "AdaptLMError",
+    "ConfigError",
+    "DataError",
+    "find_user_error",
+    "load_tokenizer",
+]

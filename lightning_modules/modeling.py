@@ -1,0 +1,268 @@
+"""Building causal LMs and running them: the one place every method (and evaluation) reuses.
+
+- `ModelSource` says where a model comes from: a hub id, a local `save_pretrained` directory, a GGUF
+  file (transformers' `gguf_file=`), or a config for a fresh model (tiny models for tests and the demo).
+- `build_causal_lm` turns a source into a `PreTrainedModel` (dtype, attention kernel), with one-line
+  errors naming the config key; `enable_activation_checkpointing` and `add_lora` adapt it.
+- `decoder_hidden_states` is the packing-aware forward: with `position_ids` restarting at every
+  document the 2-D mask is left out, and transformers derives the exact per-document causal mask.
+- `output_head` returns the LM head's weight and bias, for the fused losses.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from common import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DType = Literal["float32", "bfloat16", "float16"]
+AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2"]
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (peft) on the student; the base weights stay frozen.
+
+    Args:
+        r: Adapter rank.
+        alpha: Scaling numerator (`alpha / r` scales the adapter output).
+        dropout: Dropout on the adapter input.
+        target_modules: Module names to adapt; "all-linear" adapts every linear layer but the LM head.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] | str = field(default_factory=lambda: "all-linear")
+
+
+@dataclass
+class ModelSource:
+    """Where a causal LM comes from: exactly one of `name_or_path` and `config`.
+
+    Args:
+        name_or_path: A hub id, a local `save_pretrained` directory, or the directory holding `gguf_file`.
+        gguf_file: A GGUF file inside `name_or_path` (dequantized by transformers on load).
+        config: Keyword arguments of a transformers config for a fresh model, e.g.
+            `{model_type: llama, hidden_size: 64, ...}`; `vocab_size` and special token ids come from
+            the tokenizer.
+        init_seed: Seed of the initial weights of a model built from `config`.
+    """
+
+    name_or_path: str | None = None
+    gguf_file: str | None = None
+    config: dict[str, Any] | None = None
+    init_seed: int = 0
+
+    def validate(self, key: str) -> None:
+        """Check the source without loading it; `key` prefixes the config keys in the errors."""
+        if (self.name_or_path is None) == (self.config is None):
+            raise ConfigError(
+                f"{key}.model_name_or_path",
+                "set exactly one of model_name_or_path (a hub id or a local directory) "
+                "and model_config (a transformers config for a fresh model)",
+            )
+        if self.name_or_path is None:
+            if self.gguf_file is not None:
+                raise ConfigError(f"{key}.gguf_file", "needs model_name_or_path (its directory)")
+            return
+        path = Path(self.name_or_path).expanduser()
+        looks_local = path.exists() or self.name_or_path.startswith((".", "/", "~"))
+        if not looks_local:
+            return  # a hub id: resolved (offline: from the local cache) when loading
+        where = f"{key}.model_name_or_path"
+        if not path.is_dir():
+            raise ConfigError(where, f"{self.name_or_path!r} is not a directory")
+        if self.gguf_file is not None:
+            if not (path / self.gguf_file).is_file():
+                raise ConfigError(
+                    f"{key}.gguf_file", f"no file {self.gguf_file!r} in {str(path)!r}"
+                )
+            return
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                where, f"{str(path)!r} has no config.json (expected a save_pretrained directory)"
+            )
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            raise ConfigError(
+                where, f"{str(path)!r} has no weights (expected one of {', '.join(WEIGHT_FILES)})"
+            )
+
+
+def resolve_attn_implementation(requested: str, key: str = "model.init_args") -> str:
+    """Pick the attention kernel: flash-attention 2 when importable on CUDA, else sdpa."""
+    flash_available = (
+        torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    )
+    if requested == "auto":
+        return "flash_attention_2" if flash_available else "sdpa"
+    if requested == "flash_attention_2" and not flash_available:
+        raise ConfigError(
+            f"{key}.attn_implementation",
+            "flash_attention_2 needs a CUDA device and the flash-attn package "
+            "(pip install -e .[gpu]); use 'sdpa' or 'auto' on this machine",
+        )
+    return requested
+
+
+def build_causal_lm(
+    source: ModelSource,
+    tokenizer: Any,
+    *,
+    dtype: DType = "float32",
+    attn_implementation: AttnImplementation = "auto",
+    max_length: int | None = None,
+    key: str = "model.init_args",
+) -> nn.Module:
+    """A `PreTrainedModel` from `source`, in train mode, with `use_cache=False`.
+
+    transformers' `from_pretrained` returns a model in eval mode (and Lightning does not call
+    `train()`), which would silently disable dropout and activation checkpointing: the model is put
+    in train mode here. Errors name `key.<field>` in one line.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source.validate(key)
+    torch_dtype = DTYPES[dtype]
+    attn = resolve_attn_implementation(attn_implementation, key)
+    if source.name_or_path is not None:
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attn}
+        if source.gguf_file is not None:
+            kwargs["gguf_file"] = source.gguf_file
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source.name_or_path, **kwargs)
+        except (OSError, ValueError, KeyError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ConfigError(
+                f"{key}.model_name_or_path", f"cannot load {source.name_or_path!r}: {first}"
+            ) from None
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+    else:
+        kwargs = dict(source.config or {})
+        model_type = kwargs.pop("model_type", "llama")
+        kwargs.update(
+            vocab_size=len(tokenizer),
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+        try:
+            config = AutoConfig.for_model(model_type, **kwargs)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{key}.model_config", str(error)) from error
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(source.init_seed)
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=torch_dtype, attn_implementation=attn
+            )
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions is not None and max_length is not None and max_length > max_positions:
+        raise ConfigError(
+            "data.init_args.max_length",
+            f"{max_length} exceeds the model's maximum sequence length "
+            f"(max_position_embeddings={max_positions})",
+        )
+    model.config.use_cache = False
+    model.train()
+    return model
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute every decoder layer's activations in backward (non-reentrant)."""
+    base = unwrap(model)
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            "model.init_args.gradient_checkpointing",
+            f"{type(base).__name__} does not support activation checkpointing",
+        )
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
+def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
+    """Wrap `model` with LoRA adapters; only the adapters remain trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers `PreTrainedModel` under a peft wrapper (or `model` itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_hidden_states(
+    model: nn.Module,
+    input_ids: Tensor,
+    position_ids: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+) -> Tensor:
+    """Final hidden states `[B, L, H]` of `model`'s decoder (the LM head is left to the loss).
+
+    With `position_ids` (restarting at every document and at trailing padding, as the collator makes
+    them) the 2-D attention mask is left out: transformers then derives the exact per-document causal
+    mask from the positions (flash-attention varlen on GPU, a block-diagonal mask with sdpa/eager), so
+    packed documents never attend to each other. Without them, `attention_mask` (right padding) is used.
+    Under peft, the decoder's LoRA layers are active unless the caller disabled the adapters.
+    """
+    decoder = unwrap(model).get_decoder()
+    outputs = decoder(
+        input_ids=input_ids,
+        attention_mask=None if position_ids is not None else attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+    )
+    return outputs.last_hidden_state
+
+
+def output_head(model: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """(weight `[V, H]`, bias `[V]` or None) of `model`'s LM head.
+
+    Under FSDP these are whole only inside the forward of the module that owns them: call this from
+    inside the root module's forward (as `CausalLMWithLoss` does), never from a training step.
+    """
+    head = unwrap(model).get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    vocab = unwrap(model).config.vocab_size
+    if weight.dim() != 2 or weight.shape[0] < vocab:
+        raise RuntimeError(
+            f"the LM head weight has shape {tuple(weight.shape)} here, not (vocab={vocab}, hidden): "
+            "it is sharded outside its owner's forward. Under FSDP1 wrap only the decoder layers "
+            "(auto_wrap_policy: the decoder layer class), never the LM head in a unit of its own"
+        )
+    return weight, bias
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder blocks of `model` (the units that sharding and activation checkpointing wrap)."""
+    decoder = unwrap(model).get_decoder()
+    layers = getattr(decoder, "layers", None) or getattr(decoder, "h", None)
+    if layers is None:
+        raise ConfigError(
+            "model.init_args",
+            f"cannot find the decoder layers of {type(decoder).__name__} (expected .layers or .h)",
+        )
+    return list(layers)
