@@ -1,6 +1,18 @@
 """LightningModules: the shared base (`CausalLMModule`) and one module per method."""
 
-from lightning_modules.base import CausalLMModule, LoraSettings
+from lightning_modules.base import CausalLMModule
+from lightning_modules.forward import CausalLMWithLoss, TeacherInputs
+from lightning_modules.modeling import LoraSettings, ModelSource
 from lightning_modules.schedulers import WarmupCosineLR
+from lightning_modules.teacher import Teacher, TeacherSettings
 
-__all__ = ["CausalLMModule", "LoraSettings", "WarmupCosineLR"]
+__all__ = [
+    "CausalLMModule",
+    "CausalLMWithLoss",
+    "LoraSettings",
+    "ModelSource",
+    "Teacher",
+    "TeacherInputs",
+    "TeacherSettings",
+    "WarmupCosineLR",
+]

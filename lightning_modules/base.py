@@ -1,49 +1,51 @@
 """`CausalLMModule`: the shared base of every method, and the plain CPT / fine-tuning baseline.
 
-It owns what all methods share: building the student, the optimizer and scheduler, the
-token-weighted reduction, validation perplexity and logging. A method differs only in
-`compute_losses`, which turns a batch into token-summed losses.
+It owns what all methods share: building the student (and the teacher), the optimizer and
+scheduler, the weighted step reduction, validation perplexity and logging. A method differs only in
+`compute_losses`, which turns a batch into weighted loss sums — usually by calling `self.student_loss`
+with other inputs, labels, weights or teacher inputs.
+
+With a teacher and `loss.kl_weight > 0` this module is also the FT+KL baseline (DiSC's paper) and,
+with `loss.logit_swap`, Mix-CPT's logit-swap self-distillation on a plain CPT stream.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from common import IGNORE_INDEX
-from common.errors import ConfigError
+from common import ConfigError
+from lightning_modules.forward import (
+    CausalLMWithLoss,
+    TeacherInputs,
+    count_targets,
+    shard_with_fsdp2,
+)
+from lightning_modules.modeling import (
+    AttnImplementation,
+    DType,
+    LoraSettings,
+    ModelSource,
+    add_lora,
+    build_causal_lm,
+    enable_activation_checkpointing,
+    unwrap,
+)
 from lightning_modules.schedulers import WarmupCosineLR
-from losses import fused_linear_cross_entropy
+from lightning_modules.teacher import Teacher, TeacherSettings, build_teacher
+from losses import LossSpec
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class LoraSettings:
-    """LoRA adapters (peft) on the student; the base weights stay frozen.
-
-    Args:
-        r: Adapter rank.
-        alpha: Scaling numerator (`alpha / r` scales the adapter output).
-        dropout: Dropout on the adapter input.
-        target_modules: Module names to adapt; "all-linear" adapts every linear layer but the LM head.
-    """
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.1
-    target_modules: list[str] | str = field(default_factory=lambda: "all-linear")
+KEY = "model.init_args"
 
 
 def default_optimizer(params: Iterable[Any]) -> torch.optim.Optimizer:
@@ -51,32 +53,32 @@ def default_optimizer(params: Iterable[Any]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01)
 
 
-def resolve_attn_implementation(requested: str) -> str:
-    """Pick the attention kernel: flash-attention 2 when importable on CUDA, else sdpa."""
-    flash_available = (
-        torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+def _as_dataclass(value: Any, cls: type, key: str) -> Any:
+    """`value` as an instance of the dataclass `cls` (the CLI and checkpoints may hand a dict)."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        try:
+            return cls(**value)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(key, str(error)) from None
+    raise ConfigError(
+        key, f"expected a mapping of {cls.__name__} fields, got {type(value).__name__}"
     )
-    if requested == "auto":
-        return "flash_attention_2" if flash_available else "sdpa"
-    if requested == "flash_attention_2" and not flash_available:
-        raise ConfigError(
-            "model.init_args.attn_implementation",
-            "flash_attention_2 needs a CUDA device and the flash-attn package "
-            "(pip install -e .[gpu]); use 'sdpa' or 'auto' on this machine",
-        )
-    return requested
 
 
 class CausalLMModule(LightningModule):
-    """Causal language modelling with a token-weighted objective: the CPT / fine-tuning baseline.
+    """Causal language modelling with a weighted step objective: the CPT / fine-tuning baseline.
 
-    The loss of an optimizer step is the sum of per-token losses over all its target tokens (all
-    micro-batches, all ranks) divided by their number, so gradient accumulation and world size do
-    not change the objective. Subclasses override `compute_losses`.
+    The objective of an optimizer step is `Σ w_t · loss_t / W_step` over all its target tokens (all
+    micro-batches, all ranks): `w_t` comes from the batch's `loss_weights` (1 when absent) and
+    `W_step` from its `step_weight` (the sampler's total for the whole step), so gradient
+    accumulation and world size never change the objective. Subclasses override `compute_losses`.
 
     Args:
-        model_name_or_path: Hub id or local `save_pretrained` directory of the student. Leave
-            unset to build a fresh model from `model_config`.
+        model_name_or_path: Hub id, local `save_pretrained` directory, or the directory of
+            `gguf_file`. Leave unset to build a fresh model from `model_config`.
+        gguf_file: A GGUF file inside `model_name_or_path` (e.g. SmolLM2-135M-Instruct's).
         model_config: Keyword arguments of a transformers config for a model trained from scratch
             (tiny models for tests and the demo), e.g. `{model_type: llama, hidden_size: 64, ...}`.
             `vocab_size` and the special token ids are taken from the tokenizer.
@@ -86,8 +88,11 @@ class CausalLMModule(LightningModule):
         dtype: Parameter dtype of the student ("float32", "bfloat16", "float16").
         attn_implementation: "auto" (flash-attention 2 when importable on CUDA, else sdpa),
             "sdpa", "eager" or "flash_attention_2".
-        gradient_checkpointing: Recompute activations in backward to save memory.
+        gradient_checkpointing: Recompute every decoder layer's activations in backward.
         lora: Train LoRA adapters instead of all weights (peft).
+        loss: The loss: CE and KL weights, divergence, beta, temperature, tau² scaling, logit swap,
+            chunk size of the fused LM-head loss. A KL term needs a teacher.
+        teacher: The frozen teacher for distillation (None: no teacher).
         optimizer: Optimizer factory (e.g. `torch.optim.AdamW` or `bitsandbytes.optim.AdamW8bit`
             with its init_args). Default: AdamW(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01).
             Weight decay is not applied to biases, norms and embeddings.
@@ -95,203 +100,194 @@ class CausalLMModule(LightningModule):
             (`lightning_modules.schedulers.WarmupCosineLR`).
         total_steps: Optimizer steps of the run for the scheduler. Linked from `trainer.max_steps`.
         init_seed: Seed for the initial weights of a model built from `model_config`.
-        loss_chunk_size: Rows per chunk of the fused LM-head losses (None: chosen automatically).
     """
 
     def __init__(
         self,
         model_name_or_path: str | None = None,
+        gguf_file: str | None = None,
         model_config: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         max_length: int | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-        attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto",
+        dtype: DType = "float32",
+        attn_implementation: AttnImplementation = "auto",
         gradient_checkpointing: bool = False,
         lora: LoraSettings | None = None,
+        loss: LossSpec | None = None,
+        teacher: TeacherSettings | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         total_steps: int | None = None,
         init_seed: int = 0,
-        loss_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        if (model_name_or_path is None) == (model_config is None):
+        self.source = ModelSource(model_name_or_path, gguf_file, model_config, init_seed)
+        self.source.validate(KEY)
+        self.lora_settings = _as_dataclass(lora, LoraSettings, f"{KEY}.lora")
+        self.loss_spec = _as_dataclass(loss, LossSpec, f"{KEY}.loss") or LossSpec()
+        self.teacher_settings = _as_dataclass(teacher, TeacherSettings, f"{KEY}.teacher")
+        if self.teacher_settings is not None:
+            self.teacher_settings.validate(f"{KEY}.teacher", self.lora_settings is not None)
+        elif self.loss_spec.kl_weight != 0:
             raise ConfigError(
-                "model.init_args.model_name_or_path",
-                "set exactly one of model_name_or_path (a hub id or a local directory) "
-                "and model_config (a transformers config for a fresh model)",
+                f"{KEY}.loss.kl_weight",
+                f"is {self.loss_spec.kl_weight} but no teacher is set: set {KEY}.teacher "
+                "(e.g. {kind: frozen}) or loss.kl_weight: 0",
             )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        for name in ("lora", "loss", "teacher"):  # plain dicts: checkpoints load with weights_only
+            value = self.hparams[name]
+            if dataclasses.is_dataclass(value):
+                self.hparams[name] = dataclasses.asdict(value)
         self.optimizer_factory = optimizer or default_optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.model: nn.Module | None = None
+        self.lm: CausalLMWithLoss | None = None
         self.tokenizer = None
+        self._teacher: Teacher | None = None  # not a submodule: see lightning_modules.teacher
         self._step_loss_parts: dict[str, Tensor] = {}
         self._eval_sums: dict[str, Tensor] = {}
 
-    # ------------------------------------------------------------------ building the student
+    # ------------------------------------------------------------------ building
+
+    @property
+    def teacher(self) -> Teacher | None:
+        """The frozen teacher (built in `configure_model`), or None."""
+        return self._teacher
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The student: a transformers `PreTrainedModel` or a peft model around one (None before
+        `configure_model`). It lives inside `self.lm`, the root module whose forward runs the loss."""
+        return self.lm.model if self.lm is not None else None
+
+    @property
+    def student(self) -> nn.Module:
+        """`model`, or an error when it is not built yet."""
+        if self.lm is None:
+            raise RuntimeError("the student is built in configure_model(); call it first")
+        return self.lm.model
+
+    def transformer_model(self) -> nn.Module:
+        """The student's transformers `PreTrainedModel` (under any peft wrapper)."""
+        return unwrap(self.student)
 
     def load_tokenizer(self) -> Any:
-        """Load the tokenizer (from `tokenizer`, else from `model_name_or_path`), pad defaulting to EOS."""
-        from transformers import AutoTokenizer
+        """The tokenizer (from `tokenizer`, else from the model's own directory), pad defaulting to EOS."""
+        from common import load_tokenizer
 
-        source = self.hparams.tokenizer or self.hparams.model_name_or_path
-        if source is None:
+        path = self.hparams.tokenizer or self.hparams.model_name_or_path
+        if path is None:
             raise ConfigError(
                 "data.init_args.tokenizer",
                 "a model built from model_config needs a tokenizer path; set data.init_args.tokenizer",
             )
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
-
-    def build_student(self, tokenizer: Any) -> nn.Module:
-        """Create the student from a hub id / local directory or from `model_config`."""
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        dtype = DTYPES[self.hparams.dtype]
-        attn = resolve_attn_implementation(self.hparams.attn_implementation)
-        if self.hparams.model_name_or_path is not None:
-            model = AutoModelForCausalLM.from_pretrained(
-                self.hparams.model_name_or_path, dtype=dtype, attn_implementation=attn
-            )
-            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-                model.resize_token_embeddings(len(tokenizer))
-        else:
-            kwargs = dict(self.hparams.model_config)
-            model_type = kwargs.pop("model_type", "llama")
-            kwargs.update(
-                vocab_size=len(tokenizer),
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id,
-            )
-            try:
-                config = AutoConfig.for_model(model_type, **kwargs)
-            except (ValueError, TypeError) as error:
-                raise ConfigError("model.init_args.model_config", str(error)) from error
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.hparams.init_seed)
-                model = AutoModelForCausalLM.from_config(
-                    config, dtype=dtype, attn_implementation=attn
-                )
-        max_positions = getattr(model.config, "max_position_embeddings", None)
-        max_length = self.hparams.max_length
-        if max_positions is not None and max_length is not None and max_length > max_positions:
-            raise ConfigError(
-                "data.init_args.max_length",
-                f"{max_length} exceeds the model's maximum sequence length "
-                f"(max_position_embeddings={max_positions})",
-            )
-        model.config.use_cache = False
-        if self.hparams.gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        if self.hparams.lora is not None:
-            model = self.add_lora(model, self.hparams.lora)
-        return model
-
-    @staticmethod
-    def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
-        """Wrap `model` with LoRA adapters; only the adapters remain trainable."""
-        from peft import LoraConfig, get_peft_model
-
-        config = LoraConfig(
-            r=settings.r,
-            lora_alpha=settings.alpha,
-            lora_dropout=settings.dropout,
-            target_modules=settings.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, config)
+        gguf = None if self.hparams.tokenizer else self.hparams.gguf_file
+        return load_tokenizer(path, key=f"{KEY}.tokenizer", gguf_file=gguf)
 
     def configure_model(self) -> None:
-        """Build tokenizer and student here (not in __init__) so FSDP/DeepSpeed can shard them."""
-        if self.model is not None:
+        """Build tokenizer, student and teacher here (not in __init__) so FSDP/DeepSpeed can shard them.
+
+        Order: the student (train mode) → a frozen teacher copy of the initial student → activation
+        checkpointing and LoRA on the student → an `adapters_disabled` teacher → FSDP2 sharding when
+        the strategy gives a device mesh (ModelParallelStrategy).
+        """
+        if self.lm is not None:
             return
+        hp = self.hparams
         self.tokenizer = self.load_tokenizer()
-        self.model = self.build_student(self.tokenizer)
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.model.parameters())
+        student = build_causal_lm(
+            self.source,
+            self.tokenizer,
+            dtype=hp.dtype,
+            attn_implementation=hp.attn_implementation,
+            max_length=hp.max_length,
+            key=KEY,
+        )
+        build = dict(
+            dtype=hp.dtype, attn_implementation=hp.attn_implementation, max_length=hp.max_length
+        )
+        if self.teacher_settings is not None and self.teacher_settings.kind != "adapters_disabled":
+            self._teacher = build_teacher(self.teacher_settings, student, self.tokenizer, **build)
+        if hp.gradient_checkpointing:
+            enable_activation_checkpointing(student)
+        if self.lora_settings is not None:
+            student = add_lora(student, self.lora_settings)
+        if self.teacher_settings is not None and self.teacher_settings.kind == "adapters_disabled":
+            self._teacher = build_teacher(self.teacher_settings, student, self.tokenizer, **build)
+        self.lm = CausalLMWithLoss(student)
+        if self.device_mesh is not None:
+            shard_with_fsdp2(self.lm, self.device_mesh["data_parallel"], self._teacher)
+        trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in student.parameters())
         log.info("student: %s parameters, %s trainable", f"{total:,}", f"{trainable:,}")
 
-    # ------------------------------------------------------------------ forward pieces
+    def on_train_start(self) -> None:
+        """Every student module in train mode (transformers loads in eval mode; the teacher stays eval)."""
+        self.lm.train()
 
-    def transformer_model(self) -> nn.Module:
-        """The HF `PreTrainedModel` under any peft wrapper."""
-        model = self.model
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
+    # ------------------------------------------------------------------ the loss
 
-    def hidden_states(self, batch: dict[str, Tensor]) -> Tensor:
-        """Final hidden states `[B, L, H]` of the student's decoder (the LM head is applied by the loss).
+    def student_loss(
+        self,
+        batch: dict[str, Tensor],
+        *,
+        spec: LossSpec | None = None,
+        teacher_inputs: TeacherInputs | None = None,
+        use_teacher: bool = True,
+    ) -> dict[str, Tensor]:
+        """Weighted loss sums of the student on `batch` (the root module's forward; see `forward.py`).
 
-        With `position_ids` (restarting at every document and at trailing padding, as the collator
-        makes them) the 2-D attention mask is left out: transformers then derives the exact
-        per-document causal mask from the positions (flash-attention varlen on GPU, a block-diagonal
-        mask with sdpa/eager), so packed documents never attend to each other.
+        `batch` needs `input_ids` and `labels`, optionally `position_ids`, `attention_mask` and
+        `loss_weights`. The teacher reads the same rows unless `teacher_inputs` says otherwise.
         """
-        decoder = self.transformer_model().get_decoder()
-        position_ids = batch.get("position_ids")
-        outputs = decoder(
-            input_ids=batch["input_ids"],
-            attention_mask=None if position_ids is not None else batch.get("attention_mask"),
-            position_ids=position_ids,
-            use_cache=False,
-        )
-        return outputs.last_hidden_state
-
-    def lm_head(self) -> nn.Linear:
-        """The student's output projection."""
-        return self.transformer_model().get_output_embeddings()
-
-    def cross_entropy_sum(self, hidden: Tensor, labels: Tensor) -> Tensor:
-        """Summed next-token cross-entropy over target tokens, never materializing all logits."""
-        head = self.lm_head()
-        return fused_linear_cross_entropy(
-            hidden[:, :-1].reshape(-1, hidden.shape[-1]),
-            head.weight,
-            labels[:, 1:].reshape(-1),
-            bias=head.bias,
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-            chunk_size=self.hparams.loss_chunk_size,
+        teacher = self._teacher if use_teacher else None
+        if teacher is not None:
+            teacher.to(batch["input_ids"].device)
+        return self.lm(
+            batch["input_ids"],
+            batch["labels"],
+            spec or self.loss_spec,
+            position_ids=batch.get("position_ids"),
+            attention_mask=batch.get("attention_mask"),
+            loss_weights=batch.get("loss_weights"),
+            teacher=teacher,
+            teacher_inputs=teacher_inputs,
         )
 
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Turn a batch into losses summed over its target tokens; `"loss"` is the objective.
+        """Turn a batch into weighted loss sums over its target tokens; `"loss"` is the objective.
 
-        Every entry is a sum over the batch's target tokens (`labels[:, 1:] != -100`); the base
-        class divides by the optimizer step's target-token count. Methods override this hook.
+        Every entry is `Σ w_t · loss_t` over the batch's target tokens; the base class divides by the
+        optimizer step's total weight. Methods override this hook.
         """
-        hidden = self.hidden_states(batch)
-        return {"loss": self.cross_entropy_sum(hidden, batch["labels"])}
+        return self.student_loss(batch)
 
     # ------------------------------------------------------------------ training
 
     def _step_scale(self, batch: dict[str, Tensor]) -> tuple[Tensor, float]:
-        """(target tokens of the optimizer step, factor undoing Lightning's and DDP's averaging)."""
-        if "step_target_tokens" in batch:
-            step_tokens = batch["step_target_tokens"].to(torch.float32)
+        """(total weight of the optimizer step, factor undoing Lightning's and DDP's averaging)."""
+        if "step_weight" in batch:
+            step_weight = batch["step_weight"].to(torch.float32)
+        elif "loss_weights" in batch:
+            step_weight = batch["loss_weights"][:, 1:].sum().to(torch.float32)
         else:
-            step_tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().to(torch.float32)
+            step_weight = count_targets(batch["labels"]).to(torch.float32)
         trainer = self._trainer
         accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
         world = trainer.world_size if trainer is not None else 1
-        return step_tokens.clamp_min(1.0), float(accumulate * world)
+        return step_weight.clamp_min(torch.finfo(torch.float32).tiny), float(accumulate * world)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Token-weighted objective of this micro-batch, scaled so the step's gradient is exact."""
+        """Weighted objective of this micro-batch, scaled so the step's gradient is exact."""
         losses = self.compute_losses(batch)
-        step_tokens, scale = self._step_scale(batch)
-        self._last_step_tokens = step_tokens.detach()
+        step_weight, scale = self._step_scale(batch)
+        self._last_step_weight = step_weight.detach()
         for name, value in losses.items():
-            part = value.detach() / step_tokens
+            part = value.detach() / step_weight
             self._step_loss_parts[name] = self._step_loss_parts.get(name, 0.0) + part
         if self._is_last_micro_batch(batch_idx):
             self._log_step_losses()
-        return losses["loss"] / step_tokens * scale
+        return losses["loss"] / step_weight * scale
 
     def _is_last_micro_batch(self, batch_idx: int) -> bool:
         trainer = self._trainer
@@ -309,7 +305,7 @@ class CausalLMModule(LightningModule):
             values = self.trainer.strategy.reduce(values, reduce_op="sum")
         metrics = {f"train/{n}": v for n, v in zip(names, values)}
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True, rank_zero_only=True)
-        self.log("train/tokens_in_step", self._last_step_tokens, on_step=True, rank_zero_only=True)
+        self.log("train/step_weight", self._last_step_weight, on_step=True, rank_zero_only=True)
 
     # ------------------------------------------------------------------ validation
 
@@ -317,14 +313,16 @@ class CausalLMModule(LightningModule):
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         """Accumulate summed NLL and target tokens per validation set (token-weighted perplexity)."""
-        hidden = self.hidden_states(batch)
-        nll = self.cross_entropy_sum(hidden, batch["labels"]).detach()
-        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        plain = {k: v for k, v in batch.items() if k != "loss_weights"}
+        nll = self.student_loss(
+            plain, spec=LossSpec(chunk_size=self.loss_spec.chunk_size), use_teacher=False
+        )
+        tokens = count_targets(batch["labels"])
         name = self._eval_set_name(dataloader_idx)
         sums = self._eval_sums.setdefault(
             name, torch.zeros(2, dtype=torch.float64, device=self.device)
         )
-        sums += torch.stack([nll.double(), tokens.double()])
+        sums += torch.stack([nll["ce"].double(), tokens.double()])
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         """Same as `validation_step`; logged under `test/`."""
@@ -359,11 +357,11 @@ class CausalLMModule(LightningModule):
         decay, no_decay = [], []
         embeddings = {
             id(p)
-            for m in self.model.modules()
+            for m in self.student.modules()
             if isinstance(m, nn.Embedding)
             for p in m.parameters()
         }
-        for name, param in self.model.named_parameters():
+        for name, param in self.student.named_parameters():
             if not param.requires_grad:
                 continue
             if param.ndim < 2 or id(param) in embeddings or "norm" in name.lower():
@@ -397,7 +395,7 @@ class CausalLMModule(LightningModule):
         if self.trainer.global_step % max(1, self.trainer.log_every_n_steps) != 0:
             return
         norms = [
-            p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None
+            p.grad.detach().float().norm() for p in self.student.parameters() if p.grad is not None
         ]
         if norms:
             grad_norm = torch.stack(norms).norm()

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from common.errors import ConfigError
 from lightning_modules import CausalLMModule
-from lightning_modules.base import LoraSettings
+from lightning_modules.modeling import LoraSettings, decoder_hidden_states, output_head
 from tests.helpers import TINY_LLAMA, cpu_trainer, fixed_batch
 
 TEXTS = [
@@ -36,7 +36,7 @@ def test_builds_tiny_model_from_config(tiny_tokenizer_dir, tiny_tokenizer) -> No
     module = make_module(tiny_tokenizer_dir)
     assert module.model.config.vocab_size == len(tiny_tokenizer)
     assert module.model.config.num_hidden_layers == 2
-    assert module.lm_head().weight.shape == (len(tiny_tokenizer), 32)
+    assert output_head(module.model)[0].shape == (len(tiny_tokenizer), 32)
 
 
 def test_loss_matches_transformers_cross_entropy(tiny_tokenizer_dir, tiny_tokenizer) -> None:
@@ -111,12 +111,12 @@ def test_eight_bit_adamw_is_a_config_choice(tmp_path, tiny_tokenizer_dir, tiny_t
         optimizer=lambda params: bnb.optim.AdamW8bit(params, lr=1e-3),
         total_steps=2,
     )
-    before = module.lm_head().weight.detach().clone()
+    before = output_head(module.model)[0].detach().clone()
     cpu_trainer(tmp_path, max_steps=2).fit(
         module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 2)
     )
     assert isinstance(module.trainer.optimizers[0], bnb.optim.AdamW8bit)
-    assert not torch.equal(module.lm_head().weight, before)
+    assert not torch.equal(output_head(module.model)[0], before)
 
 
 def test_model_source_must_be_exactly_one() -> None:
@@ -193,8 +193,8 @@ def test_packed_documents_do_not_attend_to_each_other(tiny_tokenizer_dir, tiny_t
         "attention_mask": torch.ones_like(packed),
     }
     with torch.no_grad():
-        together = module.hidden_states(batch)[0]
-        alone = module.hidden_states({"input_ids": torch.tensor([second])})[0]
+        together = decoder_hidden_states(module.model, **batch)[0]
+        alone = decoder_hidden_states(module.model, torch.tensor([second]))[0]
     span = slice(len(first), len(first) + len(second))
     torch.testing.assert_close(together[span], alone, rtol=1e-5, atol=1e-5)
 

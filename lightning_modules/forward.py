@@ -1,0 +1,157 @@
+"""The student's root module: decoder, teacher pass and fused LM-head loss in ONE forward.
+
+Under FSDP2 (`fully_shard`) and FSDP1 a parameter is whole only inside the forward of the module
+that owns it; read from a training step, the LM head's weight is a DTensor shard (FSDP2) or an empty
+flat-parameter view (FSDP1). So the decoder, the teacher's pass and the fused loss run inside
+`CausalLMWithLoss.forward` — the module that owns the embeddings, the final norm and the head (the
+root unit; the decoder layers are units of their own) — as Liger's model patches, torchtune's
+`skip_output_layer` and OLMo-core's `LMHead.forward(labels=...)` do. The same code then runs on one
+CPU, under DDP, and sharded.
+
+Alignment (labels are unshifted, HF convention): the hidden state at position `t` predicts
+`labels[:, t + 1]` with weight `loss_weights[:, t + 1]`. The teacher's hidden state aligned with
+student position `t` is the teacher's own position `t` when it reads the student's inputs, or the row
+`teacher_rows[b, t]` of its flattened `[B_t · L_t, H_t]` hidden states when it reads other inputs
+(DiSC: the teacher reads the whole document once, the student only the target sentence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from common import IGNORE_INDEX
+from lightning_modules.modeling import decoder_hidden_states, output_head
+from lightning_modules.teacher import Teacher
+from losses import LossSpec, fused_linear_cross_entropy, fused_linear_distillation_loss
+
+
+@dataclass
+class TeacherInputs:
+    """What the teacher reads when it is not the student's own batch.
+
+    Args:
+        input_ids: `[B_t, L_t]` token ids of the teacher's rows.
+        position_ids: `[B_t, L_t]` positions (restarting per document), or None.
+        attention_mask: `[B_t, L_t]` (used only without `position_ids`), or None.
+        rows: `[B, L]` long: for student position `t` of row `b`, the index into the teacher's
+            flattened hidden states `[B_t · L_t]` of the aligned position (any value where the
+            student position carries no loss).
+    """
+
+    input_ids: Tensor
+    rows: Tensor
+    position_ids: Tensor | None = None
+    attention_mask: Tensor | None = None
+
+
+class CausalLMWithLoss(nn.Module):
+    """Wraps a causal LM (transformers or peft) so that `forward` returns summed, weighted losses.
+
+    Args:
+        model: The student (`PreTrainedModel` or peft `PeftModel`).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor,
+        spec: LossSpec,
+        *,
+        position_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        loss_weights: Tensor | None = None,
+        teacher: Teacher | None = None,
+        teacher_inputs: TeacherInputs | None = None,
+    ) -> dict[str, Tensor]:
+        """`{"loss": Σ w·(ce_weight·CE + kl_weight·D), "ce": Σ w·CE, "kl": Σ w·D}` over target tokens.
+
+        Sums, not means: the caller divides by the optimizer step's total weight, which keeps the
+        objective exact under accumulation and world size. `"kl"` is present only with a teacher.
+        """
+        teacher_hidden = None
+        if teacher is not None:
+            source = teacher_inputs
+            if source is None:
+                teacher_hidden = teacher.hidden_states(input_ids, position_ids, attention_mask)
+                teacher_hidden = teacher_hidden[:, :-1]
+            else:
+                full = teacher.hidden_states(
+                    source.input_ids, source.position_ids, source.attention_mask
+                )
+                flat = full.reshape(-1, full.shape[-1])
+                rows = source.rows[:, :-1].clamp(0, flat.shape[0] - 1)
+                teacher_hidden = flat[rows.reshape(-1)].reshape(*rows.shape, -1)
+        hidden = decoder_hidden_states(self.model, input_ids, position_ids, attention_mask)
+        weight, bias = output_head(self.model)
+        targets = labels[:, 1:]
+        weights = loss_weights[:, 1:] if loss_weights is not None else None
+        if teacher_hidden is None:
+            if spec.kl_weight != 0:
+                raise ValueError(
+                    "the loss spec has kl_weight != 0 but the module has no teacher: set "
+                    "model.init_args.teacher, or loss.kl_weight: 0"
+                )
+            ce = fused_linear_cross_entropy(
+                hidden[:, :-1],
+                weight,
+                targets,
+                bias,
+                token_weights=weights,
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+                chunk_size=spec.chunk_size,
+            )
+            return {"loss": ce * spec.ce_weight, "ce": ce.detach()}
+        teacher_weight, teacher_bias = teacher.head()
+        loss, parts = fused_linear_distillation_loss(
+            hidden[:, :-1],
+            weight,
+            targets,
+            spec=spec,
+            teacher_hidden=teacher_hidden,
+            teacher_weight=teacher_weight,
+            student_bias=bias,
+            teacher_bias=teacher_bias,
+            token_weights=weights,
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+            return_parts=True,
+        )
+        return {"loss": loss, "ce": parts["ce"], "kl": parts["kl"]}
+
+
+def shard_with_fsdp2(
+    root: CausalLMWithLoss,
+    mesh: object,
+    teacher: Teacher | None,
+    reshard_after_forward: bool = True,
+) -> None:
+    """`fully_shard` every decoder layer, then the root (embeddings, final norm, LM head).
+
+    An owned teacher has its decoder layers sharded the same way; its embeddings and head stay
+    replicated (frozen, and read by the fused loss as a matrix).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    from lightning_modules.modeling import decoder_layers
+
+    for layer in decoder_layers(root.model):
+        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(root, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    if teacher is not None and teacher.kind != "adapters_disabled":
+        for layer in decoder_layers(teacher.model):
+            fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward)
+
+
+def count_targets(labels: Tensor) -> Tensor:
+    """Target tokens of a batch (`labels[:, 1:] != -100`)."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+__all__ = ["CausalLMWithLoss", "TeacherInputs", "count_targets", "shard_with_fsdp2"]

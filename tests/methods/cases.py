@@ -1,0 +1,222 @@
+"""The method test matrix: every entry of `METHODS` gets every test in `tests/methods/test_matrix.py`.
+
+A new method adds ONE line to `METHODS`: its name and the minimal `model:` YAML of its module (and a
+`data:` YAML when the shared small pre-training data does not fit it). Seeds are fixed; nothing here
+uses `hash()` of strings, which changes per process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import yaml
+
+from tests.helpers import TINY_LLAMA
+
+REPO = Path(__file__).resolve().parents[2]
+
+_TINY = json.dumps(TINY_LLAMA)
+
+
+@dataclass(frozen=True)
+class MethodCase:
+    """One row of the matrix.
+
+    Args:
+        name: Test id.
+        model_yaml: The `model:` block (class_path and init_args) of a minimal run.
+        data_yaml: The `data:` block, or None for the shared small pre-training data
+            (`{tokenizer}`, `{train}` and `{cache}` are filled in).
+        has_teacher: Whether the module builds a teacher (checked to stay out of checkpoints).
+    """
+
+    name: str
+    model_yaml: str
+    data_yaml: str | None = None
+    has_teacher: bool = False
+
+
+def causal_lm(init_args: str = "") -> str:
+    return (
+        "model:\n  class_path: lightning_modules.CausalLMModule\n  init_args:\n"
+        f"    model_config: {_TINY}\n    attn_implementation: sdpa\n{init_args}"
+    )
+
+
+METHODS: list[MethodCase] = [
+    MethodCase("causal_lm", causal_lm()),
+    MethodCase(
+        "causal_lm+frozen_teacher",
+        causal_lm(
+            "    teacher: {kind: frozen}\n"
+            "    loss: {ce_weight: 1.0, kl_weight: 0.5, temperature: 2.0, "
+            "scale_by_temperature_squared: true}\n"
+        ),
+        has_teacher=True,
+    ),
+]
+
+PRETRAINING_DATA = """\
+data:
+  class_path: datamodules.PretrainingDataModule
+  init_args:
+    tokenizer: {tokenizer}
+    train_sources: [{{path: {train}}}]
+    max_length: 32
+    micro_batch_size: 4
+    seed: 3
+    cache_dir: {cache}
+"""
+
+WORDS = [
+    "alice",
+    "bram",
+    "river",
+    "born",
+    "studied",
+    "works",
+    "flows",
+    "city",
+    "sea",
+    "labs",
+    "engineer",
+    "physics",
+]
+
+
+def write_run_files(case: MethodCase, root: Path, tokenizer_dir: Path) -> list[str]:
+    """Write the case's model and data YAMLs (and the shared corpus) under `root`; the `--config` args."""
+    root.mkdir(parents=True, exist_ok=True)
+    train = root / "train.jsonl"
+    if not train.exists():
+        lines = []
+        for i in range(96):  # deterministic documents of varied length
+            n = 6 + (i * 7) % 23
+            words = [WORDS[(i * 5 + j * 3) % len(WORDS)] for j in range(n)]
+            lines.append(json.dumps({"text": " ".join(words) + f" {i}."}))
+        train.write_text("\n".join(lines) + "\n")
+    model = root / f"{case.name}.model.yaml"
+    model.write_text(case.model_yaml)
+    data = root / f"{case.name}.data.yaml"
+    template = case.data_yaml or PRETRAINING_DATA
+    data.write_text(
+        template.format(tokenizer=tokenizer_dir, train=train, cache=root.parent / "stores")
+    )
+    return ["--config", str(model), "--config", str(data)]
+
+
+def trainer_args(out: Path, steps: int, **extra: object) -> list[str]:
+    """Quiet CPU trainer arguments for `steps` optimizer steps writing under `out`."""
+    args = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": steps,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
+        "default_root_dir": str(out),
+        "log_every_n_steps": 1,
+    }
+    args.update(extra)
+    return [f"--trainer.{k}={v}" for k, v in args.items()]
+
+
+def recorder_overlay(out: Path, grad_steps: int = 1, checkpoint_every: int | None = None) -> Path:
+    """A config overlay installing `RecordRun` (and step checkpoints named `step=N.ckpt`)."""
+    callbacks = [
+        {
+            "class_path": "tests.methods.cases.RecordRun",
+            "init_args": {"path": str(out / "record"), "grad_steps": grad_steps},
+        }
+    ]
+    if checkpoint_every:
+        callbacks.append(
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {
+                    "dirpath": str(out / "ckpt"),
+                    "every_n_train_steps": checkpoint_every,
+                    "save_top_k": -1,
+                    "filename": "{step}",
+                },
+            }
+        )
+    overlay = out / "recorder.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    return overlay
+
+
+class RecordRun(pl.Callback):
+    """Per micro-batch: rank, step, samples, step weight; per step (rank 0): the logged losses; for the
+    first `grad_steps` steps the full gradient of every trainable parameter (gathered if sharded).
+
+    Files: `<path>.rank<R>.jsonl` and `<path>.grads<step>.pt` (rank 0).
+    """
+
+    def __init__(self, path: str, grad_steps: int = 1) -> None:
+        super().__init__()
+        self.path = path
+        self.grad_steps = grad_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        last = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        record = {
+            "rank": trainer.global_rank,
+            "global_step": trainer.global_step if last else trainer.global_step + 1,
+            "batch_idx": batch_idx,
+            "sample_index": batch["sample_index"].tolist(),
+            "step_weight": float(batch["step_weight"]),
+            "head_type": type(pl_module.model.get_output_embeddings().weight).__name__,
+        }
+        if last and trainer.global_rank == 0:
+            record["losses"] = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")
+            }
+        with open(f"{self.path}.rank{trainer.global_rank}.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        step = trainer.global_step + 1
+        if step > self.grad_steps:
+            return
+        grads = {}
+        for name, param in pl_module.model.named_parameters():
+            if not param.requires_grad or param.grad is None:
+                continue
+            grad = param.grad
+            if hasattr(grad, "full_tensor"):  # a DTensor shard under FSDP2: a collective
+                grad = grad.full_tensor()
+            grads[name] = grad.detach().cpu().clone()
+        if trainer.global_rank == 0:
+            torch.save(grads, f"{self.path}.grads{step}.pt")
+
+
+def read_run(out: Path) -> dict[int, dict]:
+    """Per optimizer step (1-based): sorted samples, step weight, rank 0's logged losses."""
+    steps: dict[int, dict] = {}
+    for file in sorted(out.glob("record.rank*.jsonl")):
+        for line in file.read_text().splitlines():
+            r = json.loads(line)
+            entry = steps.setdefault(
+                r["global_step"], {"samples": [], "weights": set(), "losses": None, "head": set()}
+            )
+            entry["head"].add(r["head_type"])
+            entry["samples"] += r["sample_index"]
+            entry["weights"].add(r["step_weight"])
+            if "losses" in r:
+                entry["losses"] = r["losses"]
+    for entry in steps.values():
+        entry["samples"] = sorted(entry["samples"])
+    return steps
+
+
+def read_grads(out: Path, step: int = 1) -> dict[str, torch.Tensor]:
+    """The gradients `RecordRun` saved for `step`."""
+    return torch.load(out / f"record.grads{step}.pt", weights_only=True)
