@@ -1,27 +1,17 @@
-"""Callbacks that observe training: knowledge evaluation, throughput, export (one per file)."""
+"""Callbacks that observe training: knowledge evaluation, throughput, export, checkpoints, progress (one per file).
 
-from callbacks.export import ExportCallback, atomic_directory, export_pretrained
-from callbacks.knowledge_eval import (
-    KnowledgeEvalCallback,
-    QARecord,
-    greedy_generate,
-    heldout_nll,
-    load_qa_records,
-    load_texts,
-    normalize_answer,
-)
+The evaluation functions themselves (exact match, perplexity) live in the `evaluation` package.
+"""
+
+from callbacks.export import ExportCallback, export_pretrained
+from callbacks.knowledge_eval import KnowledgeEvalCallback
+from callbacks.progress import StepProgressBar
 from callbacks.throughput import ThroughputCallback
 
 __all__ = [
     "ExportCallback",
     "KnowledgeEvalCallback",
-    "QARecord",
+    "StepProgressBar",
     "ThroughputCallback",
-    "atomic_directory",
     "export_pretrained",
-    "greedy_generate",
-    "heldout_nll",
-    "load_qa_records",
-    "load_texts",
-    "normalize_answer",
 ]

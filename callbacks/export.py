@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from callbacks._common import get_model, get_tokenizer, run_dir, strategy_kind
+from common.atomic import atomic_directory
 from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,53 +28,6 @@ def _is_peft(model: nn.Module) -> bool:
     except ImportError:
         return False
     return isinstance(model, PeftModel)
-
-
-def _recover(target: Path) -> None:
-    """Tidy what an interrupted export left beside `target`.
-
-    Partial temp directories are deleted; a previous export that was moved aside but never replaced
-    is put back.
-    """
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds and not target.exists():
-        os.rename(olds.pop(), target)
-        log.warning(
-            "restored the previous export %s, which an interrupted export had moved aside", target
-        )
-    for old in olds:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Yield an empty temp directory beside `target`: it replaces `target` on success, else goes.
-
-    A previous `target` is moved aside only once the new one is complete, and deleted after the
-    swap, so a crash at any point leaves the old or the new export (`_recover` tidies the rest).
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-            try:
-                os.rename(tmp, target)
-            except BaseException:
-                os.rename(old, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_pretrained(
@@ -94,7 +46,7 @@ def export_pretrained(
     tensors.
     """
     dirpath = Path(dirpath)
-    with atomic_directory(dirpath) as tmp:
+    with atomic_directory(dirpath) as tmp, _no_hub_progress_bars():
         if _is_peft(model):
             if state_dict is not None:
                 raise ValueError(
@@ -107,7 +59,42 @@ def export_pretrained(
             model.save_pretrained(tmp, **kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        _apply_default_modes(tmp)
     return dirpath
+
+
+@contextmanager
+def _no_hub_progress_bars() -> Iterator[None]:
+    """Hide transformers' one-line "Writing model shards" bar; the export is logged instead."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_default_modes(root: Path) -> None:
+    """Give every file and directory under `root` the modes a plain `open`/`mkdir` would.
+
+    Some writers (transformers' weight shards) stage through `tempfile`, whose files are 0600;
+    an export is meant to be read by others (0644 under the usual umask of 022).
+    """
+    mask = _umask()
+    for path in (root, *root.rglob("*")):
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _submodule_prefix(root: nn.Module, module: nn.Module) -> str:

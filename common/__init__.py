@@ -1,9 +1,12 @@
 """What every package of adaptlm may import: user-facing errors, the ignore index, tokenizer loading.
 
-It imports no other adaptlm package (`losses` imports nothing from the project at all).
+Submodules: `common.atomic` (crash-safe files and directories), `common.jsonl` (the validated JSONL
+reader), `common.text` (answer normalization for exact match). It imports no other adaptlm package
+(`losses` imports nothing from the project at all).
 """
 
 from common.errors import AdaptLMError, ConfigError, DataError, find_user_error
+from common.paths import resolve_path
 from common.tokenizer import load_tokenizer
 
 IGNORE_INDEX = -100
@@ -16,4 +19,5 @@ __all__ = [
     "DataError",
     "find_user_error",
     "load_tokenizer",
+    "resolve_path",
 ]

@@ -6,13 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
+from common.paths import resolve_path
 
 
 def load_tokenizer(path: str, *, key: str, gguf_file: str | None = None) -> Any:
     """`AutoTokenizer.from_pretrained(path)` with the pad token defaulting to EOS.
 
     Args:
-        path: A local directory (`save_pretrained` output, or the folder of a GGUF file) or a hub id.
+        path: A local directory (`save_pretrained` output, or the folder of a GGUF file), a hub id,
+            or `pkg:<module>` (an installed package's directory, see `common.paths`).
         key: The config key that named `path`, for the error message.
         gguf_file: A GGUF file inside `path` to read the tokenizer from (transformers' `gguf_file=`).
 
@@ -21,6 +23,7 @@ def load_tokenizer(path: str, *, key: str, gguf_file: str | None = None) -> Any:
     """
     from transformers import AutoTokenizer
 
+    path = resolve_path(path, key=key)
     looks_local = Path(path).expanduser().exists() or path.startswith((".", "/", "~"))
     if looks_local and not Path(path).expanduser().exists():
         raise ConfigError(key, f"cannot load tokenizer {path!r}: no such directory")

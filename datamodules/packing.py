@@ -19,6 +19,13 @@ Layouts:
 
 Padding: `pad_token_id`, `labels = -100`, `attention_mask = 0`, and `position_ids` counting up
 from 0 as one pseudo-segment.
+
+Loss weights ("Reductions" in `docs/design.md`): a segment of `n` tokens has `n - 1` targets (its
+first token is never predicted inside the row). `token` weighting gives every target weight 1 (no
+`loss_weights` array is emitted); `sample` weighting gives each target of a segment the float32
+weight `1 / (n - 1)`, so every segment with a target counts once. `row_weights` (float64, one per
+row, computed once per layout) is the exact sum of a row's float32 weights, so the sampler's
+`step_weight` equals the sum of the `loss_weights` the step's batches carry.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,6 +42,20 @@ from common import IGNORE_INDEX
 from datamodules.store import TokenizedStore
 
 log = logging.getLogger(__name__)
+
+LOSS_WEIGHTINGS = ("token", "sample")
+LossWeighting = Literal["token", "sample"]
+
+
+def segment_token_weight(num_targets: np.ndarray | int) -> np.ndarray:
+    """Weight of each target of a segment with `num_targets` targets under `sample` weighting.
+
+    The float32 value `1 / num_targets` (0 where there are none), returned as float64 so that
+    `num_targets * weight` is the exact float64 total of the segment's float32 weights.
+    """
+    n = np.asarray(num_targets, dtype=np.float64)
+    weight = np.where(n > 0, 1.0 / np.maximum(n, 1.0), 0.0)
+    return weight.astype(np.float32).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -97,6 +118,8 @@ class PackedRows:
         kind: `document` or `sample` (see the module docstring).
         packing: Pack several documents/samples per row (True) or one per row (False).
         overlong_policy: `truncate` or `skip` for samples longer than a row (kind=sample).
+        loss_weighting: `token` (weight 1 per target) or `sample` (each segment counts once); see
+            the module docstring.
         name: Name used in logs.
     """
 
@@ -108,10 +131,14 @@ class PackedRows:
         kind: str = "document",
         packing: bool = True,
         overlong_policy: str = "truncate",
+        loss_weighting: LossWeighting = "token",
         name: str = "",
     ) -> None:
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss_weighting {loss_weighting!r}")
+        self.loss_weighting = loss_weighting
         self.store = store
         self.max_length = int(max_length)
         self.name = name or store.directory.name
@@ -164,6 +191,7 @@ class PackedRows:
         self.num_segments = np.diff(row_ptr)
         # Targets of a row: every real token after column 0 except segment starts.
         self.num_target_tokens = np.maximum(self.real_lengths - self.num_segments, 0)
+        self.row_weights = self._row_weights()
         self.stats = PackingStats(
             rows=len(self),
             overlong=overlong,
@@ -172,16 +200,26 @@ class PackedRows:
             padding_tokens=int(len(self) * max_length - self.real_lengths.sum()),
         )
 
+    def _row_weights(self) -> np.ndarray:
+        """`float64[rows]`: the exact total of every row's float32 loss weights."""
+        if self.loss_weighting == "token" or len(self) == 0:
+            return self.num_target_tokens.astype(np.float64)
+        targets = self.seg_len - 1
+        per_segment = targets * segment_token_weight(targets)  # exact: 24-bit × small int
+        return np.add.reduceat(per_segment, self.row_ptr[:-1]).astype(np.float64)
+
     def __len__(self) -> int:
         return len(self.row_ptr) - 1
 
     def row(self, index: int, pad_token_id: int) -> dict[str, np.ndarray]:
-        """The arrays of row `index`, each of length `max_length`."""
+        """The arrays of row `index`, each of length `max_length` (plus float32 `loss_weights`
+        under `sample` weighting)."""
         length = self.max_length
         input_ids = np.full(length, pad_token_id, dtype=np.int64)
         labels = np.full(length, IGNORE_INDEX, dtype=np.int64)
         position_ids = np.zeros(length, dtype=np.int64)
         attention_mask = np.zeros(length, dtype=np.int64)
+        weights = np.zeros(length, dtype=np.float32) if self.loss_weighting == "sample" else None
         col = 0
         tokens = self.store.tokens
         for seg in range(self.row_ptr[index], self.row_ptr[index + 1]):
@@ -192,21 +230,27 @@ class PackedRows:
                 labels[col] = IGNORE_INDEX
             position_ids[col : col + n] = np.arange(n)
             attention_mask[col : col + n] = 1
+            if weights is not None and n > 1:
+                weights[col + 1 : col + n] = segment_token_weight(n - 1)
             col += n
         position_ids[col:] = np.arange(length - col)
-        return {
+        row = {
             "input_ids": input_ids,
             "labels": labels,
             "position_ids": position_ids,
             "attention_mask": attention_mask,
         }
+        if weights is not None:
+            row["loss_weights"] = weights
+        return row
 
 
 class PackedDataset(torch.utils.data.Dataset):
     """Rows of several sources under one global row index (source 0's rows first, and so on).
 
-    `dataset[i]` or `dataset[(i, step_target_tokens)]` returns the arrays of global row `i` plus
-    `sample_index` (and `step_target_tokens` when given), ready for `collate_rows`.
+    `dataset[i]` or `dataset[(i, step_weight)]` returns the arrays of global row `i` plus
+    `sample_index` (and `step_weight` when given), ready for `collate_rows`. All parts must use
+    the same `loss_weighting`.
 
     Args:
         parts: The packed rows of each source, in order.
@@ -221,7 +265,13 @@ class PackedDataset(torch.utils.data.Dataset):
         sizes = np.array([len(p) for p in self.parts], dtype=np.int64)
         self.row_offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
         np.cumsum(sizes, out=self.row_offsets[1:])
+        weightings = {p.loss_weighting for p in self.parts}
+        if len(weightings) != 1:
+            raise ValueError(f"sources of one dataset mix loss weightings {sorted(weightings)}")
+        self.loss_weighting: LossWeighting = weightings.pop()
         self.num_target_tokens_array = np.concatenate([p.num_target_tokens for p in self.parts])
+        self.row_weights = np.concatenate([p.row_weights for p in self.parts])
+        """`float64[rows]`: total loss weight of every row (the sampler's `row_weights`)."""
 
     def __len__(self) -> int:
         return int(self.row_offsets[-1])
@@ -243,16 +293,16 @@ class PackedDataset(torch.utils.data.Dataset):
         part = int(np.searchsorted(self.row_offsets, index, side="right")) - 1
         return part, index - int(self.row_offsets[part])
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        step_target_tokens = None
+    def __getitem__(self, key: int | tuple[int, float]) -> dict[str, Any]:
+        step_weight = None
         if isinstance(key, tuple):
-            key, step_target_tokens = key
+            key, step_weight = key
         index = int(key)
         part, local = self.locate(index)
         item: dict[str, Any] = self.parts[part].row(local, self.pad_token_id)
         item["sample_index"] = index
-        if step_target_tokens is not None:
-            item["step_target_tokens"] = int(step_target_tokens)
+        if step_weight is not None:
+            item["step_weight"] = float(step_weight)
         return item
 
 
@@ -277,34 +327,40 @@ def collate_rows(
 
     Trailing columns that are padding in every row are trimmed (keeping a multiple of
     `pad_to_multiple_of`), so batches of short samples are not padded to `max_length`.
-    `step_target_tokens` is taken from the rows (the sampler's count for the whole optimizer step)
-    or, when absent (evaluation), counted over this batch.
+    `loss_weights` (float32) is stacked when the rows carry it (`sample` weighting). `step_weight`
+    (0-dim float64) is taken from the rows (the sampler's total for the whole optimizer step) or,
+    when absent (evaluation), is this batch's total weight.
     """
-    batch = {
-        key: torch.from_numpy(np.stack([r[key] for r in rows]))
-        for key in ("input_ids", "labels", "position_ids", "attention_mask")
-    }
+    keys = ["input_ids", "labels", "position_ids", "attention_mask"]
+    if "loss_weights" in rows[0]:
+        keys.append("loss_weights")
+    batch = {key: torch.from_numpy(np.stack([r[key] for r in rows])) for key in keys}
     width = batch["input_ids"].shape[1]
     used = int(batch["attention_mask"].sum(dim=0).nonzero().max()) + 1 if width else 0
     keep = min(width, -(-used // pad_to_multiple_of) * pad_to_multiple_of)
     if keep < width:
         batch = {k: v[:, :keep].contiguous() for k, v in batch.items()}
     batch["sample_index"] = torch.tensor([int(r["sample_index"]) for r in rows], dtype=torch.long)
-    if "step_target_tokens" in rows[0]:
-        values = {int(r["step_target_tokens"]) for r in rows}
+    if "step_weight" in rows[0]:
+        values = {float(r["step_weight"]) for r in rows}
         if len(values) != 1:
-            raise ValueError(f"rows of one micro-batch disagree on step_target_tokens: {values}")
-        batch["step_target_tokens"] = torch.tensor(values.pop(), dtype=torch.long)
+            raise ValueError(f"rows of one micro-batch disagree on step_weight: {values}")
+        batch["step_weight"] = torch.tensor(values.pop(), dtype=torch.float64)
+    elif "loss_weights" in batch:
+        batch["step_weight"] = batch["loss_weights"].to(torch.float64).sum()
     else:
-        batch["step_target_tokens"] = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        batch["step_weight"] = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().to(torch.float64)
     return batch
 
 
 __all__ = [
     "IGNORE_INDEX",
+    "LOSS_WEIGHTINGS",
     "KeyedBatches",
+    "LossWeighting",
     "PackedDataset",
     "PackedRows",
     "PackingStats",
     "collate_rows",
+    "segment_token_weight",
 ]

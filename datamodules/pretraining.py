@@ -31,7 +31,8 @@ class PretrainingDataModule(L.LightningDataModule):
     """Pre-training data: documents (and samples) tokenized once, packed into rows, mixed by ratio.
 
     Every train batch is the dict of `docs/design.md` (`input_ids`, `labels`, `position_ids`,
-    `attention_mask`, `sample_index`, `step_target_tokens`). The train order is a seeded permutation
+    `attention_mask`, `sample_index`, `step_weight`, and `loss_weights` under `sample` weighting).
+    The train order is a seeded permutation
     per epoch cut into global steps of `micro_batch_size × trainer.accumulate_grad_batches ×
     trainer.world_size` samples; the loader's checkpointed state is one global counter, so a resumed
     run (also with another number of ranks, same global batch) sees exactly the same samples.
@@ -205,6 +206,7 @@ class PretrainingDataModule(L.LightningDataModule):
                 kind=spec.kind,
                 packing=self.packing,
                 overlong_policy=spec.overlong_policy,
+                loss_weighting=spec.loss_weighting,
                 name=spec.display_name,
             )
         except ValueError as err:
@@ -212,10 +214,23 @@ class PretrainingDataModule(L.LightningDataModule):
         self.stats[spec.display_name] = {**asdict(store.stats), **asdict(rows.stats)}
         return rows
 
+    @staticmethod
+    def _check_one_weighting(train: list[SourceSpec]) -> None:
+        """All train sources share one `loss_weighting` (one step has one reduction)."""
+        first = train[0].loss_weighting
+        for i, spec in enumerate(train):
+            if spec.loss_weighting != first:
+                raise ConfigError(
+                    f"{_KEY}.train_sources[{i}].loss_weighting",
+                    f"all train sources must use the same loss weighting; source 0 uses "
+                    f"{first!r}, this one {spec.loss_weighting!r}",
+                )
+
     def setup(self, stage: str | None = None) -> None:
         """Load (or build) the stores and lay out rows; the train mixture for `fit`."""
         train, val = self._resolved_sources()
         if stage in (None, "fit") and self._train_dataset is None and train:
+            self._check_one_weighting(train)
             parts = [self._packed(spec) for spec in train]
             self._train_dataset = PackedDataset(parts, self.tokenizer.pad_token_id)
             self._mixture = Mixture(
@@ -254,7 +269,7 @@ class PretrainingDataModule(L.LightningDataModule):
             raise ConfigError(f"{_KEY}.train_sources", "no train sources configured")
         dataset, mixture = self.train_dataset, self.mixture
         sampler = GlobalStepBatchSampler(
-            dataset.num_target_tokens_array,
+            dataset.row_weights,
             micro_batch_size=self.micro_batch_size,
             accumulate_grad_batches=accumulate_grad_batches,
             world_size=world_size,

@@ -27,9 +27,9 @@ from datamodules.packing import KeyedBatches, PackedDataset, collate_rows
 
 log = logging.getLogger(__name__)
 
-SampleKey = tuple[int, int]
-"""`(sample_index, step_target_tokens)`: a row of the dataset and the target-token count of the
-whole optimizer step it belongs to."""
+SampleKey = tuple[int, float]
+"""`(sample_index, step_weight)`: a row of the dataset and the total loss weight of the whole
+optimizer step it belongs to (all micro-batches, all ranks; see "Reductions" in `docs/design.md`)."""
 
 _RATIO_TOLERANCE = 1e-6
 
@@ -156,8 +156,9 @@ class GlobalStepBatchSampler(DistributedSampler):
     rank itself, and Lightning leaves distributed samplers alone instead of injecting its own.
 
     Args:
-        num_target_tokens: Target tokens of every dataset row
-            (`PackedDataset.num_target_tokens_array`).
+        row_weights: `float64` total loss weight of every dataset row (`PackedDataset.row_weights`:
+            its target-token count for `token` weighting); a step's `step_weight` is their sum
+            over the step's rows.
         micro_batch_size: Rows per micro-batch (`B`).
         accumulate_grad_batches: Micro-batches per optimizer step on each rank.
         world_size: Number of ranks.
@@ -171,7 +172,7 @@ class GlobalStepBatchSampler(DistributedSampler):
 
     def __init__(
         self,
-        num_target_tokens: np.ndarray | Sequence[int],
+        row_weights: np.ndarray | Sequence[float],
         *,
         micro_batch_size: int,
         accumulate_grad_batches: int = 1,
@@ -192,7 +193,7 @@ class GlobalStepBatchSampler(DistributedSampler):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        self.target_tokens = np.asarray(num_target_tokens, dtype=np.int64)
+        self.row_weights = np.asarray(row_weights, dtype=np.float64)
         self.micro_batch_size = int(micro_batch_size)
         self.accumulate_grad_batches = int(accumulate_grad_batches)
         self.num_replicas = self.world_size = int(world_size)
@@ -203,7 +204,7 @@ class GlobalStepBatchSampler(DistributedSampler):
         self.epoch = 0
         self.start_sample = 0
         if epoch_samples is None:
-            n = len(self.target_tokens)
+            n = len(self.row_weights)
             self._epoch_samples: Callable[[int], np.ndarray] = lambda _e: np.arange(n)
             self.epoch_length = n
         else:
@@ -249,21 +250,21 @@ class GlobalStepBatchSampler(DistributedSampler):
                 np.random.default_rng([self.seed, int(epoch)]).permutation(len(samples))
             ]
         usable = samples[: self.total_size]
-        step_tokens = self.target_tokens[usable].reshape(-1, self.global_batch_size).sum(axis=1)
-        self._cache = (epoch, samples, step_tokens)
-        return samples, step_tokens
+        step_weights = self.row_weights[usable].reshape(-1, self.global_batch_size).sum(axis=1)
+        self._cache = (epoch, samples, step_weights)
+        return samples, step_weights
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """All sample indices of `epoch` in order (including the dropped tail)."""
         return self._epoch_arrays(epoch)[0].copy()
 
-    def step_target_tokens(self, epoch: int) -> np.ndarray:
-        """`int64[steps_per_epoch]`: target tokens of every global step of `epoch`."""
+    def step_weights(self, epoch: int) -> np.ndarray:
+        """`float64[steps_per_epoch]`: total loss weight (`step_weight`) of every global step."""
         return self._epoch_arrays(epoch)[1].copy()
 
     def iter_epoch(self, epoch: int, start_sample: int = 0) -> Iterator[list[SampleKey]]:
         """This rank's micro-batches of `epoch` from sample `start_sample` on (a multiple of G)."""
-        order, step_tokens = self._epoch_arrays(epoch)
+        order, step_weights = self._epoch_arrays(epoch)
         g, b, w = self.global_batch_size, self.micro_batch_size, self.world_size
         if start_sample % g:
             warnings.warn(
@@ -272,12 +273,12 @@ class GlobalStepBatchSampler(DistributedSampler):
                 stacklevel=2,
             )
         first_step, offset = divmod(start_sample, g)
-        return self._iterate(order, step_tokens, first_step, offset, g, b, w)
+        return self._iterate(order, step_weights, first_step, offset, g, b, w)
 
     def _iterate(
         self,
         order: np.ndarray,
-        step_tokens: np.ndarray,
+        step_weights: np.ndarray,
         first_step: int,
         offset: int,
         g: int,
@@ -286,12 +287,12 @@ class GlobalStepBatchSampler(DistributedSampler):
     ) -> Iterator[list[SampleKey]]:
         for step in range(first_step, self.steps_per_epoch):
             base = step * g + (offset if step == first_step else 0)
-            tokens = int(step_tokens[step])
+            weight = float(step_weights[step])
             for m in range(self.accumulate_grad_batches):
                 lo = step * g + m * w * b + self.rank * b
                 if lo < base:
                     continue
-                yield [(int(i), tokens) for i in order[lo : lo + b]]
+                yield [(int(i), weight) for i in order[lo : lo + b]]
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
         # Arguments are bound now, so a later set_epoch() cannot change a running iteration.

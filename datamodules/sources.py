@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,11 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from common.errors import ConfigError, DataError
+from common.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "jsonl", "parquet", "text", "hf")
 KINDS = ("document", "sample")
+LOSS_WEIGHTINGS = ("token", "sample")
 OVERLONG_POLICIES = ("truncate", "skip")
 
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -53,6 +54,10 @@ class SourceSpec:
             1). Ignored for validation sources.
         overlong_policy: For `kind: sample`: `truncate` keeps the first `max_length` tokens, `skip`
             drops the sample. Either way the count is logged.
+        loss_weighting: How the loss of an optimizer step averages over its targets. `token`: every
+            target token weighs 1 (the token mean; for SFT with masked prompts, the response-token
+            mean). `sample`: each sample/document segment of a row weighs 1 in all, its targets
+            `1 / n_targets` each (the per-sample mean). All train sources must use the same one.
     """
 
     path: str
@@ -63,6 +68,7 @@ class SourceSpec:
     kind: Literal["document", "sample"] = "document"
     ratio: float | None = None
     overlong_policy: Literal["truncate", "skip"] = "truncate"
+    loss_weighting: Literal["token", "sample"] = "token"
 
     @property
     def display_name(self) -> str:
@@ -80,6 +86,7 @@ class SourceSpec:
             ("format", FORMATS),
             ("kind", KINDS),
             ("overlong_policy", OVERLONG_POLICIES),
+            ("loss_weighting", LOSS_WEIGHTINGS),
         ):
             value = getattr(self, attr)
             if value not in allowed:
@@ -260,28 +267,8 @@ def _read_jsonl(spec: SourceSpec, stats: ReadStats) -> Iterator[str]:
     for path in resolve_files(spec, "jsonl"):
         source = str(path)
         stats.files.append(source)
-        records = 0
-        with open(path, "rb") as fh:
-            for line_no, raw in enumerate(fh, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise _utf8_error(source, raw, err, line_no) from None
-                if not line.strip():
-                    continue  # blank separator line: not a record
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(
-                        source,
-                        f"malformed JSON ({err.msg} at column {err.colno}); expected one JSON "
-                        "object per line",
-                        line_no,
-                    ) from None
-                records += 1
-                yield _field_text(record, spec.text_field, source, line_no, "record")
-        if records == 0:
-            raise DataError(source, "empty file: expected at least one JSON object per line")
+        for line_no, record in read_jsonl(path):
+            yield _field_text(record, spec.text_field, source, line_no, "record")
 
 
 def _read_text(spec: SourceSpec, stats: ReadStats) -> Iterator[str]:

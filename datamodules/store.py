@@ -8,9 +8,10 @@ Layout of `cache_dir/<fingerprint>/`:
 
 The fingerprint hashes the source content (see `sources.source_fingerprint`), the tokenizer (its
 serialized `tokenizer.json`, or its vocabulary for tokenizers without one), the EOS id and the store
-settings. A store is written into a temporary directory and renamed into place only when complete,
-and it is verified against its manifest when loaded, so a crash during a build never leaves a store
-that a later run would load.
+settings. A store is written with `common.atomic.atomic_directory`: staged beside its final directory,
+fsynced and renamed into place only when complete (orphans of killed builders are removed at the
+next build), and verified against its manifest when loaded, so a crash during a build never leaves
+a store that a later run would load.
 """
 
 from __future__ import annotations
@@ -19,9 +20,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from common.atomic import atomic_directory
 from common.errors import ConfigError
 from datamodules.sources import ReadStats, SourceSpec, detect_format, read_documents
 from datamodules.sources import source_fingerprint as _source_fingerprint
@@ -101,14 +100,6 @@ def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
     it = iter(items)
     while batch := list(itertools.islice(it, size)):
         yield batch
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class TokenizedStore:
@@ -233,15 +224,12 @@ class TokenizedStore:
                 return store
             except InvalidStoreError as err:
                 log.warning("rebuilding invalid store: %s", err)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".tmp-{fingerprint}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        # Written beside the target, fsynced and renamed into place; a complete store another
+        # process published meanwhile is kept (same fingerprint, same content), an invalid one
+        # is replaced. Orphans of killed builders in `cache_dir` are removed first.
+        with atomic_directory(final, overwrite=final.exists()) as tmp:
             cls._write(spec, tokenizer, tmp, fingerprint)
-            return cls._publish(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        return cls(final)
 
     @classmethod
     def _write(cls, spec: SourceSpec, tokenizer: Any, tmp: Path, fingerprint: str) -> None:
@@ -262,12 +250,9 @@ class TokenizedStore:
                 fh.write(flat.astype(TOKEN_DTYPE).tobytes())
                 lengths.extend(len(x) for x in ids)
                 n_tokens += flat.size
-            fh.flush()
-            os.fsync(fh.fileno())
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         np.save(tmp / OFFSETS, offsets, allow_pickle=False)
-        _fsync(tmp / OFFSETS)
         counts = StoreStats(
             documents=len(lengths), skipped_empty=stats.skipped_empty, tokens=n_tokens
         )
@@ -287,10 +272,7 @@ class TokenizedStore:
             "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
             "counts": asdict(counts),
         }
-        manifest_tmp = tmp / (MANIFEST + ".partial")
-        manifest_tmp.write_text(json.dumps(manifest, indent=2))
-        _fsync(manifest_tmp)
-        os.replace(manifest_tmp, tmp / MANIFEST)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         log.info(
             "source %s: tokenized %d documents (%d empty skipped), %d tokens",
             spec.display_name,
@@ -298,25 +280,6 @@ class TokenizedStore:
             counts.skipped_empty,
             counts.tokens,
         )
-
-    @classmethod
-    def _publish(cls, tmp: Path, final: Path) -> TokenizedStore:
-        """Rename the finished `tmp` to `final`; if another process got there first, use theirs."""
-        if final.exists():
-            try:
-                existing = cls(final)
-                shutil.rmtree(tmp, ignore_errors=True)
-                return existing
-            except InvalidStoreError:
-                stale = final.with_name(f".stale-{final.name}-{uuid.uuid4().hex[:8]}")
-                os.replace(final, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            # Lost a race against another builder whose rename landed first.
-            shutil.rmtree(tmp, ignore_errors=True)
-        return cls(final)
 
 
 __all__ = [

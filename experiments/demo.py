@@ -42,10 +42,18 @@ def find_callback(trainer: Any, kind: type) -> Any:
     raise RuntimeError(f"the demo config has no {kind.__name__}")
 
 
-def run_stage(config: str, output_dir: Path, name: str, extra: Sequence[str] = ()) -> Any:
-    """Run `fit` for one stage through the CLI; returns the trainer."""
+def run_stage(
+    config: str,
+    output_dir: Path,
+    name: str,
+    extra: Sequence[str] = (),
+    export_dir: Path | None = None,
+) -> Any:
+    """Run `fit` for one stage through the CLI's parser and trainer; returns the trainer.
+
+    Logs go to `<output_dir>/<name>/version_N`; `export_dir` replaces the stage's export path.
+    """
     args = [
-        "fit",
         "--config",
         str(CONFIG_DIR / "demo" / config),
         f"--trainer.default_root_dir={output_dir / name}",
@@ -53,7 +61,11 @@ def run_stage(config: str, output_dir: Path, name: str, extra: Sequence[str] = (
         f"--trainer.logger.init_args.name={name}",
         *extra,
     ]
-    return build_cli(args).trainer
+    cli = build_cli(args, run=False)
+    if export_dir is not None:
+        find_callback(cli.trainer, ExportCallback).dirpath = str(export_dir)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return cli.trainer
 
 
 def format_table(before: dict[str, float], after: dict[str, float]) -> str:
@@ -76,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     )
 
     started = time.perf_counter()
-    base = run_stage("base.yaml", options.output_dir, "base")
+    base = run_stage(
+        "base.yaml", options.output_dir, "base", export_dir=options.output_dir / "base" / "export"
+    )
     base_export = find_callback(base, ExportCallback).export_dir
     log.info("base model exported to %s", base_export)
     cpt = run_stage(

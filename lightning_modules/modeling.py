@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from common import ConfigError
+from common.paths import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class ModelSource:
     """Where a causal LM comes from: exactly one of `name_or_path` and `config`.
 
     Args:
-        name_or_path: A hub id, a local `save_pretrained` directory, or the directory holding `gguf_file`.
+        name_or_path: A hub id, a local `save_pretrained` directory, or the directory holding `gguf_file`;
+            `pkg:<module>` names an installed package's directory (see `common.paths`).
         gguf_file: A GGUF file inside `name_or_path` (dequantized by transformers on load).
         config: Keyword arguments of a transformers config for a fresh model, e.g.
             `{model_type: llama, hidden_size: 64, ...}`; `vocab_size` and special token ids come from
@@ -82,13 +84,14 @@ class ModelSource:
             if self.gguf_file is not None:
                 raise ConfigError(f"{key}.gguf_file", "needs model_name_or_path (its directory)")
             return
-        path = Path(self.name_or_path).expanduser()
-        looks_local = path.exists() or self.name_or_path.startswith((".", "/", "~"))
+        name = resolve_path(self.name_or_path, key=f"{key}.model_name_or_path")
+        path = Path(name).expanduser()
+        looks_local = path.exists() or name.startswith((".", "/", "~")) or name != self.name_or_path
         if not looks_local:
             return  # a hub id: resolved (offline: from the local cache) when loading
         where = f"{key}.model_name_or_path"
         if not path.is_dir():
-            raise ConfigError(where, f"{self.name_or_path!r} is not a directory")
+            raise ConfigError(where, f"{name!r} is not a directory")
         if self.gguf_file is not None:
             if not (path / self.gguf_file).is_file():
                 raise ConfigError(
@@ -145,8 +148,9 @@ def build_causal_lm(
         kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attn}
         if source.gguf_file is not None:
             kwargs["gguf_file"] = source.gguf_file
+        name = resolve_path(source.name_or_path, key=f"{key}.model_name_or_path")
         try:
-            model = AutoModelForCausalLM.from_pretrained(source.name_or_path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
         except (OSError, ValueError, KeyError) as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ConfigError(

@@ -1,8 +1,9 @@
 """Loss layer of adaptlm: fused linear cross-entropy, distillation (KL / JSD / skew KL, logit swap), DPO.
 
 The fused functions take hidden states and LM-head weights and never materialize the ``[tokens, vocab]``
-logits: they work chunk by chunk and compute the gradient during the forward pass. `losses.reference`
-holds the plain definitions they are tested against. See docs/losses.md.
+logits: they work chunk by chunk and compute the gradient during the forward pass. The loss itself is
+described by one typed, validated `LossSpec`; optional per-token weights scale each row's loss.
+`losses.reference` holds the plain definitions they are tested against. See docs/losses.md.
 
 This package imports nothing else from adaptlm, and imports triton only when its kernels run.
 """

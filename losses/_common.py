@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -15,12 +16,93 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_rever
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class LossSpec:
-    """What one row contributes: ``ce_weight · CE + kl_weight · kl_scale · D(teacher ‖ student)``.
+    """The loss of a method: ``ce_weight · CE + kl_weight · c · D(teacher ‖ student)`` per token.
 
-    ``divergence`` is already resolved: ``jsd`` never carries β ∈ {0, 1} here (those are mapped to
-    ``forward_kl`` / ``reverse_kl``, the TRL/Liger convention). ``has_teacher`` is False for plain CE.
+    One typed, validated init argument for a method (LightningCLI shows these fields in ``--help``),
+    taken by `losses.fused_linear_distillation_loss` and `losses.fused_distillation_loss` as
+    ``spec=``. The default is plain cross-entropy. Invalid values raise ``ValueError`` at construction.
+
+    Args:
+        ce_weight: Weight of the token cross-entropy on the raw student logits (0 for pure
+            distillation, e.g. DiSC).
+        kl_weight: Weight of the divergence to the teacher; non-zero needs a teacher. With a teacher
+            and ``kl_weight=0`` the divergence is still computed for logging, with no gradient.
+        divergence: ``forward_kl`` (KL(teacher ‖ student)), ``reverse_kl``, ``jsd`` (generalized JSD,
+            mixture weight ``beta`` on the teacher; β=0 / β=1 mean forward / reverse KL, the TRL
+            convention), ``skew_forward_kl`` / ``skew_reverse_kl`` (DistiLLM's skew KLs, α = ``beta``).
+        beta: Mixture weight in [0, 1] of ``jsd`` and the skew KLs (ignored by the plain KLs); the
+            skew KLs refuse β = 1, where they are identically 0.
+        temperature: τ > 0 dividing both logit sets inside the divergence (never the CE).
+        scale_by_temperature_squared: Multiply the divergence by τ² (DiSC; Hinton et al.); off
+            matches TRL and Liger.
+        logit_swap: Per row, exchange the teacher's largest logit (first argmax) with the label's
+            logit before its softmax (Mix-CPT's LSSD); a no-op where they coincide.
+        chunk_size: Rows per chunk of the fused loop; None picks one from the vocabulary size and
+            device (see `losses._common.default_chunk_size`).
+    """
+
+    ce_weight: float = 1.0
+    kl_weight: float = 0.0
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"] = (
+        "forward_kl"
+    )
+    beta: float = 0.5
+    temperature: float = 1.0
+    scale_by_temperature_squared: bool = False
+    logit_swap: bool = False
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ce_weight", "kl_weight"):
+            value = getattr(self, name)
+            if not _finite_number(value):
+                raise ValueError(f"LossSpec.{name} must be a finite number, got {value!r}")
+        if not (_finite_number(self.temperature) and self.temperature > 0):
+            raise ValueError(
+                f"LossSpec.temperature must be a finite number > 0, got {self.temperature!r}"
+            )
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(
+                f"LossSpec.divergence must be one of {DIVERGENCES}, got {self.divergence!r}"
+            )
+        if not (_finite_number(self.beta) and 0.0 <= self.beta <= 1.0):
+            raise ValueError(f"LossSpec.beta must lie in [0, 1], got {self.beta!r}")
+        if self.divergence.startswith("skew_") and self.beta == 1.0:
+            raise ValueError(
+                f"LossSpec.beta=1 makes {self.divergence} identically 0; use 0 <= beta < 1 "
+                "(DistiLLM uses 0.1)"
+            )
+        for name in ("scale_by_temperature_squared", "logit_swap"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"LossSpec.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.chunk_size is not None and not (
+            isinstance(self.chunk_size, int)
+            and not isinstance(self.chunk_size, bool)
+            and self.chunk_size > 0
+        ):
+            raise ValueError(
+                f"LossSpec.chunk_size must be a positive int or None, got {self.chunk_size!r}"
+            )
+
+    @property
+    def uses_teacher(self) -> bool:
+        """True when the divergence contributes to the loss (``kl_weight != 0``)."""
+        return self.kl_weight != 0
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """Internal, resolved form of a `LossSpec` for the row step (frozen and hashable, for kernels).
+
+    ``divergence`` is resolved: ``jsd`` never carries β ∈ {0, 1} here (mapped to ``forward_kl`` /
+    ``reverse_kl``, the TRL/Liger convention), nor do the skew KLs β = 0. ``kl_scale`` is τ² or 1.
+    ``has_teacher`` is False for plain CE.
     """
 
     ce_weight: float = 1.0
@@ -58,40 +140,55 @@ def resolve_divergence(divergence: str, beta: float) -> str:
     return divergence
 
 
-def make_spec(
-    *,
-    ce_weight: float,
-    kl_weight: float,
-    divergence: str,
-    beta: float,
-    temperature: float,
-    scale_by_temperature_squared: bool,
-    logit_swap: bool,
-    has_teacher: bool,
-) -> LossSpec:
-    """Validate the loss options and build a `LossSpec`."""
-    if not (
-        isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)
-    ):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    for name, value in (("ce_weight", ce_weight), ("kl_weight", kl_weight)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value)):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if kl_weight != 0 and not has_teacher:
+def as_loss_spec(spec: LossSpec | None) -> LossSpec:
+    """``None`` → the default `LossSpec` (plain CE); anything but a `LossSpec` is refused."""
+    if spec is None:
+        return LossSpec()
+    if not isinstance(spec, LossSpec):
+        raise ValueError(f"spec must be a losses.LossSpec or None, got {type(spec).__name__}")
+    return spec
+
+
+def row_spec(spec: LossSpec, *, has_teacher: bool) -> RowSpec:
+    """Resolve a (validated) `LossSpec` into the `RowSpec` of the row step."""
+    if spec.uses_teacher and not has_teacher:
         raise ValueError(
-            "kl_weight is non-zero but no teacher was given: pass teacher_hidden and teacher_weight "
-            "(or teacher_logits), or set kl_weight=0.0 for plain cross-entropy"
+            f"LossSpec.kl_weight is {spec.kl_weight} but no teacher was given: pass teacher_hidden and "
+            "teacher_weight (or teacher_logits), or use kl_weight=0.0 for plain cross-entropy"
         )
-    return LossSpec(
-        ce_weight=float(ce_weight),
-        kl_weight=float(kl_weight),
-        divergence=resolve_divergence(divergence, beta),
-        beta=float(beta),
-        temperature=float(temperature),
-        kl_scale=float(temperature) ** 2 if scale_by_temperature_squared else 1.0,
-        logit_swap=bool(logit_swap),
+    return RowSpec(
+        ce_weight=float(spec.ce_weight),
+        kl_weight=float(spec.kl_weight),
+        divergence=resolve_divergence(spec.divergence, spec.beta),
+        beta=float(spec.beta),
+        temperature=float(spec.temperature),
+        kl_scale=float(spec.temperature) ** 2 if spec.scale_by_temperature_squared else 1.0,
+        logit_swap=spec.logit_swap,
         has_teacher=has_teacher,
     )
+
+
+def check_token_weights(
+    token_weights: torch.Tensor | None, labels: torch.Tensor, device: torch.device
+) -> torch.Tensor | None:
+    """Per-token weights of the shape of ``labels``, float, on the inputs' device → flat, detached."""
+    if token_weights is None:
+        return None
+    if not isinstance(token_weights, torch.Tensor) or not token_weights.is_floating_point():
+        got = (
+            token_weights.dtype if isinstance(token_weights, torch.Tensor) else type(token_weights)
+        )
+        raise ValueError(f"token_weights must be a floating-point tensor, got {got}")
+    if tuple(token_weights.shape) != tuple(labels.shape):
+        raise ValueError(
+            f"token_weights has shape {tuple(token_weights.shape)} but labels has "
+            f"{tuple(labels.shape)}; pass one weight per label"
+        )
+    if token_weights.device != device:
+        raise ValueError(
+            f"token_weights is on {token_weights.device} but the inputs are on {device}"
+        )
+    return token_weights.detach().reshape(-1)
 
 
 def check_reduction(reduction: str, normalizer) -> None:

@@ -18,9 +18,31 @@ Peak memory is O(c · V) for the buffers plus the gradients themselves (``∂W``
 ``[N, V]`` tensor is ever alive. With ``reduction="none"`` the upstream gradient is per token and only
 known in backward, so forward computes the losses only and backward runs the chunk loop again.
 
+Per-token weights (``token_weights``, constants) multiply each row's loss before the reduction; they
+are folded into the row's gradient factor, so they cost nothing in the loop.
+
 Dispatch: CUDA tensors use the Triton row kernel when triton is importable (else the torch row step,
 with a one-time warning); CPU tensors always use the torch row step — except under the Triton
-interpreter (``TRITON_INTERPRET=1``) with ``backend="triton"``, which the tests use.
+interpreter (``TRITON_INTERPRET=1``) with ``backend="triton"``, which the tests use. With
+``backend="auto"`` any exception raised while importing, compiling or launching the kernel switches
+the process to the torch row step, with a one-time warning naming the error.
+
+Precision and autocast policy: inputs are used in their own dtype. Under ``torch.autocast`` for the
+inputs' device, the functions run with autocast disabled and cast the hidden states, heads and biases
+(fp32/fp16/bf16 ones) to the autocast dtype explicitly, so the GEMMs run in that dtype — the
+autocast-eligible ``out=`` / in-place GEMMs of the loop would otherwise silently run in fp32. All
+accumulations are fp32 (fp64 for fp64 inputs): on CUDA the bf16/fp16 GEMMs write fp32 directly
+(``torch.mm(..., out_dtype=torch.float32, out=…)`` and ``torch.addmm(..., out_dtype=…)``: torch
+2.13's ``aten::mm.dtype_out`` / ``addmm.dtype_out``, CUDA-only; probed once, otherwise a
+low-precision product is added into the fp32 buffer). On CPU, which has
+no fp32-output low-precision GEMM, the logits are a low-precision product upcast once (as the eager
+``F.linear(x, W).float()``), the input gradient is a low-precision GEMM and the weight gradient an
+fp32 GEMM of the fp32 logit gradient and the upcast hidden states of the chunk. Per-row factors stay
+on the device or are Python floats: the loop makes no host↔device copy.
+
+``-inf`` logits (a padded vocabulary masked by a bias of ``-inf``, or masked logits) are replaced by
+the most negative finite logit that stays finite at the spec's temperature: such columns get
+probability exactly 0 and contribute 0 to every term (no ``0·∞`` NaN), as if they were not there.
 
 Under ``torch.compile`` the public functions run eagerly (a graph break, through
 ``torch.compiler.disable``) instead of being traced through their data-dependent chunk loop.
@@ -28,6 +50,7 @@ Under ``torch.compile`` the public functions run eagerly (a graph break, through
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 
@@ -36,14 +59,17 @@ import torch.nn.functional as F
 
 from ._common import (
     LossSpec,
+    RowSpec,
+    as_loss_spec,
     check_labels,
     check_linear,
     check_reduction,
     check_same_vocab,
+    check_token_weights,
     compute_dtype,
     default_chunk_size,
     flatten_rows,
-    make_spec,
+    row_spec,
     valid_rows,
 )
 from .rowwise import loss_rows_torch
@@ -65,9 +91,10 @@ BACKENDS = ("auto", "torch", "triton")  # "native" is accepted by fused_linear_c
 
 @functools.cache
 def _triton_importable() -> bool:
+    """True when ``import triton`` succeeds (any exception, not only ImportError, means no)."""
     try:
         import triton  # noqa: F401
-    except ImportError:
+    except Exception:
         return False
     return True
 
@@ -89,6 +116,32 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+_TRITON_FAILURE: list[BaseException] = []  # the error that switched backend="auto" to torch
+
+
+def _triton_or_torch_row_step(s, t, y, spec: RowSpec, grad_scale=None):
+    """The Triton row step; on any exception (import, compile, launch) the torch one, from then on.
+
+    The first failure is reported once as a `RuntimeWarning` naming the error. Import and compile
+    errors happen before the kernel touches ``s``, so the torch step runs on intact logits.
+    """
+    if not _TRITON_FAILURE:
+        try:
+            from .triton_kernels import loss_rows_triton
+
+            return loss_rows_triton(s, t, y, spec, grad_scale)
+        except Exception as exc:
+            _TRITON_FAILURE.append(exc)
+            warnings.warn(
+                f"losses: the Triton row kernel failed ({type(exc).__name__}: {exc}); the fused "
+                "losses use the torch row step for the rest of this process (correct, but slower). "
+                "Pass backend='triton' to get the error raised instead.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return loss_rows_torch(s, t, y, spec, grad_scale)
+
+
 def _row_step(backend: str, device: torch.device, dtype: torch.dtype):
     """The row-step function for a backend name and the tensors' device/dtype."""
     if backend not in BACKENDS:
@@ -101,18 +154,17 @@ def _row_step(backend: str, device: torch.device, dtype: torch.dtype):
         if not _triton_importable():
             _warn_no_triton_once()
             return loss_rows_torch
-    else:  # explicit "triton"
-        if not _triton_importable():
-            raise ValueError("backend='triton' needs the triton package (pip install triton)")
-        if device.type != "cuda" and not _interpreting():
-            raise ValueError(
-                "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the interpreter on CPU); "
-                "use backend='auto' or 'torch' for CPU tensors"
-            )
-        if dtype == torch.float64:
-            raise ValueError(
-                "backend='triton' computes in fp32; use backend='torch' for fp64 inputs"
-            )
+        return _triton_or_torch_row_step
+    # explicit "triton": errors are raised, never hidden by a fallback
+    if not _triton_importable():
+        raise ValueError("backend='triton' needs the triton package (pip install triton)")
+    if device.type != "cuda" and not _interpreting():
+        raise ValueError(
+            "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the interpreter on CPU); "
+            "use backend='auto' or 'torch' for CPU tensors"
+        )
+    if dtype == torch.float64:
+        raise ValueError("backend='triton' computes in fp32; use backend='torch' for fp64 inputs")
     from .triton_kernels import loss_rows_triton
 
     return loss_rows_triton
@@ -125,9 +177,12 @@ def _row_step(backend: str, device: torch.device, dtype: torch.dtype):
 
 @functools.cache
 def _cuda_mm_out_dtype_works() -> bool:
+    """True when CUDA GEMMs with bf16 inputs can write fp32 (``out_dtype`` with ``out=``; probed once)."""
     try:
         a = torch.ones(2, 2, dtype=torch.bfloat16, device="cuda")
-        torch.mm(a, a, out_dtype=torch.float32)
+        out = torch.empty(2, 2, dtype=torch.float32, device="cuda")
+        torch.mm(a, a, out_dtype=torch.float32, out=out)
+        torch.addmm(out, a, a, out_dtype=torch.float32, out=out)
     except Exception:
         return False
     return True
@@ -141,20 +196,45 @@ def _balanced(n: int, chunk: int) -> int:
     return -(-n // n_chunks)
 
 
+def neg_inf_stand_in(dtype: torch.dtype, temperature: float) -> float:
+    """The finite logit that replaces ``-inf``: as negative as possible while ``z/τ`` stays finite."""
+    return torch.finfo(dtype).min * min(1.0, temperature) / 4
+
+
+def _finite_bias(bias: torch.Tensor | None, spec: RowSpec) -> torch.Tensor | None:
+    """The bias with ``-inf`` (masked columns) replaced by `neg_inf_stand_in` (V elements, cheap)."""
+    if bias is None:
+        return None
+    return bias.clamp(min=neg_inf_stand_in(compute_dtype(bias.dtype), spec.temperature))
+
+
+def _fp32_out_gemms(x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether low-precision ``x`` can be multiplied straight into the wider ``out`` (CUDA only)."""
+    return x.is_cuda and x.dtype != out.dtype and _cuda_mm_out_dtype_works()
+
+
 def _project(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    low: torch.Tensor | None,
 ) -> None:
     """out ← x · weightᵀ (+ bias), written into the fp32/fp64 buffer ``out``.
 
-    Low-precision inputs: on CUDA the GEMM returns fp32 directly when torch supports ``out_dtype``;
-    otherwise (CPU) the product is rounded to the input dtype and then upcast — exactly what the eager
-    ``F.linear(x, W).float()`` does.
+    Same dtype: one GEMM into ``out``. Low-precision inputs on CUDA: one GEMM with fp32 output into
+    ``out``. Otherwise (CPU): the product goes to the reused low-precision buffer ``low`` and is upcast
+    into ``out`` — what the eager ``F.linear(x, W).float()`` does, without a new allocation per chunk.
     """
     if x.dtype == out.dtype:
         torch.mm(x, weight.t(), out=out)
-    elif x.is_cuda and _cuda_mm_out_dtype_works():
-        out.copy_(torch.mm(x, weight.t(), out_dtype=out.dtype))
-    else:
+    elif _fp32_out_gemms(x, out):
+        torch.mm(x, weight.t(), out_dtype=out.dtype, out=out)
+    elif low is not None and low.dtype == x.dtype:
+        low = low[: out.shape[0]]
+        torch.mm(x, weight.t(), out=low)
+        out.copy_(low)
+    else:  # e.g. a bf16 teacher next to an fp32 student: no reusable buffer of its dtype
         out.copy_(torch.mm(x, weight.t()))
     if bias is not None:
         out.add_(bias)
@@ -169,7 +249,7 @@ def _run_chunks(
     bt: torch.Tensor | None,
     idx: torch.Tensor | None,
     y: torch.Tensor,
-    spec: LossSpec,
+    spec: RowSpec,
     *,
     grad_scale,
     needs: tuple[bool, bool, bool],
@@ -183,7 +263,7 @@ def _run_chunks(
         xt, wt, bt: the teacher's, or None.
         idx: indices of the valid rows (None: all rows); y: their labels.
         grad_scale: None (losses only), one factor for every row (float or 0-dim tensor) or one per
-            valid row ((n_valid,) tensor): the row's share of the reduction.
+            valid row ((n_valid,) tensor): the row's share of the reduction times its token weight.
         needs: which of (x, w, b) need a gradient.
 
     Returns:
@@ -208,36 +288,60 @@ def _run_chunks(
         c = _balanced(n, chunk_size or default_chunk_size(n, vocab, dev))
         s_buf = torch.empty(min(c, n), vocab, dtype=cdt, device=dev)
         t_buf = torch.empty_like(s_buf) if spec.has_teacher else None
+        low = None  # reused low-precision GEMM output / gradient input (CPU, or CUDA without out_dtype)
+        if x.dtype != cdt:
+            low = torch.empty(s_buf.shape, dtype=x.dtype, device=dev)
+        fp32_out = _fp32_out_gemms(x, s_buf)
+        b_fin, bt_fin = _finite_bias(b, spec), _finite_bias(bt, spec)
         per_row = isinstance(grad_scale, torch.Tensor) and grad_scale.dim() == 1
         for start in range(0, n, c):
             end = min(start + c, n)
             rows = slice(start, end) if idx is None else idx[start:end]
             x_c = x[rows] if idx is None else x.index_select(0, rows)
             s = s_buf[: end - start]
-            _project(x_c, w, b, s)
+            _project(x_c, w, b_fin, s, low)
             t = None
             if spec.has_teacher:
                 t = t_buf[: end - start]
-                _project(xt[rows] if idx is None else xt.index_select(0, rows), wt, bt, t)
+                xt_c = xt[rows] if idx is None else xt.index_select(0, rows)
+                _project(xt_c, wt, bt_fin, t, low)
             scale = None if not want_grad else (grad_scale[start:end] if per_row else grad_scale)
             ce[start:end], kl[start:end] = row_step(s, t, y[start:end], spec, scale)
             if not want_grad:
                 continue
-            g = s  # ∂loss/∂S for this chunk, scaled
+            g = s  # ∂loss/∂S for this chunk, scaled, in cdt
+            g_low = None
+            if low is not None and (need_x or (need_w and x.is_cuda)):
+                g_low = low[: end - start]
+                g_low.copy_(g)  # the low-precision GEMM operand, in the reused buffer
             if need_x:
-                if idx is None and x.dtype == cdt:
-                    torch.mm(g, w, out=grad_x[rows])
-                else:
-                    g_x = torch.mm(g.to(w.dtype), w)
+                if g_low is None:  # same dtype as x
                     if idx is None:
-                        grad_x[rows] = g_x
+                        torch.mm(g, w, out=grad_x[rows])
                     else:
-                        grad_x.index_copy_(0, rows, g_x.to(x.dtype))
-            if need_w:
-                if start == 0:
-                    torch.mm(g.t(), x_c.to(cdt), out=grad_w)
+                        grad_x.index_copy_(0, rows, torch.mm(g, w))
+                elif idx is None:
+                    torch.mm(g_low, w, out=grad_x[rows])
                 else:
-                    grad_w.addmm_(g.t(), x_c.to(cdt))
+                    grad_x.index_copy_(0, rows, torch.mm(g_low, w))
+            if need_w:
+                if g_low is not None and fp32_out:  # CUDA: bf16 operands, fp32 accumulation
+                    if start == 0:
+                        torch.mm(g_low.t(), x_c, out_dtype=cdt, out=grad_w)
+                    else:
+                        torch.addmm(grad_w, g_low.t(), x_c, out_dtype=cdt, out=grad_w)
+                elif g_low is not None and x_c.is_cuda:  # CUDA, old torch: low-precision product
+                    prod = torch.mm(g_low.t(), x_c)
+                    if start == 0:
+                        grad_w.copy_(prod)
+                    else:
+                        grad_w.add_(prod)
+                else:  # same dtype, or CPU: an fp32 GEMM of the fp32 gradient (no fp32-out bf16 GEMM)
+                    x_w = x_c if x_c.dtype == cdt else x_c.to(cdt)
+                    if start == 0:
+                        torch.mm(g.t(), x_w, out=grad_w)
+                    else:
+                        grad_w.addmm_(g.t(), x_w)
             if need_b:
                 grad_b.add_(g.sum(0))
     if grad_w is not None and grad_w.dtype != w.dtype:
@@ -248,7 +352,7 @@ def _run_chunks(
 
 
 def _reduction_scale(reduction: str, n_valid: int, normalizer, dtype, device):
-    """The factor every row's loss (and gradient) carries under a scalar reduction."""
+    """The factor every row's loss (and gradient) carries under a scalar reduction (no weights)."""
     if reduction == "sum":
         return 1.0
     if normalizer is None:
@@ -258,6 +362,29 @@ def _reduction_scale(reduction: str, n_valid: int, normalizer, dtype, device):
     if not normalizer > 0:
         raise ValueError(f"normalizer must be > 0, got {normalizer}")
     return 1.0 / float(normalizer)
+
+
+def _row_factors(reduction: str, n_valid: int, normalizer, weights, dtype, device):
+    """Each valid row's share of a scalar reduction: a float / 0-dim tensor, or (n_valid,) with weights.
+
+    With token weights ``w``: ``sum`` → w; ``mean`` → w / Σw (0 when Σw = 0), or w / normalizer.
+    Stays on the device (no host synchronisation).
+    """
+    if weights is None:
+        return _reduction_scale(reduction, n_valid, normalizer, dtype, device)
+    if reduction == "sum":
+        return weights
+    if normalizer is not None:
+        return weights * _reduction_scale("mean", n_valid, normalizer, dtype, device)
+    total = weights.sum()
+    return weights * torch.where(total != 0, 1.0 / torch.where(total != 0, total, 1.0), 0.0)
+
+
+def _weighted_sum(values: torch.Tensor, factors) -> torch.Tensor:
+    """Σ_rows factor_i · value_i for a scalar or per-row factor."""
+    if isinstance(factors, torch.Tensor) and factors.dim() == 1:
+        return torch.dot(values, factors)
+    return values.sum() * factors
 
 
 def _scatter_rows(values: torch.Tensor, idx: torch.Tensor | None, n_rows: int) -> torch.Tensor:
@@ -315,6 +442,7 @@ class _FusedLinearLoss(torch.autograd.Function):
         bt,
         idx,
         y,
+        wv,
         spec,
         reduction,
         normalizer,
@@ -327,46 +455,23 @@ class _FusedLinearLoss(torch.autograd.Function):
         needs = tuple(ctx.needs_input_grad[:3])
         ctx.spec, ctx.chunk_size, ctx.row_step = spec, chunk_size, row_step
         ctx.reduction, ctx.allow_retain_graph = reduction, allow_retain_graph
+        run = functools.partial(
+            _run_chunks, x, w, b, xt, wt, bt, idx, y, spec, chunk_size=chunk_size, row_step=row_step
+        )
         if reduction == "none":
             # The upstream gradient is per token: compute the losses now, the gradients in backward.
-            ce, kl, *_ = _run_chunks(
-                x,
-                w,
-                b,
-                xt,
-                wt,
-                bt,
-                idx,
-                y,
-                spec,
-                grad_scale=None,
-                needs=needs,
-                chunk_size=chunk_size,
-                row_step=row_step,
-            )
-            ctx.save_for_backward(x, w, b, xt, wt, bt, idx, y)
+            ce, kl, *_ = run(grad_scale=None, needs=needs)
+            ctx.save_for_backward(x, w, b, xt, wt, bt, idx, y, wv)
+            if wv is not None:
+                ce, kl = ce * wv, kl * wv
             ce_tok, kl_tok = _scatter_rows(ce, idx, n_rows), _scatter_rows(kl, idx, n_rows)
             loss = spec.ce_weight * ce_tok + spec.kl_weight * kl_tok
             ctx.mark_non_differentiable(ce_tok, kl_tok)
             return loss, ce_tok, kl_tok
-        scale = _reduction_scale(reduction, n_valid, normalizer, cdt, x.device)
-        ce, kl, gx, gw, gb = _run_chunks(
-            x,
-            w,
-            b,
-            xt,
-            wt,
-            bt,
-            idx,
-            y,
-            spec,
-            grad_scale=scale,
-            needs=needs,
-            chunk_size=chunk_size,
-            row_step=row_step,
-        )
+        factors = _row_factors(reduction, n_valid, normalizer, wv, cdt, x.device)
+        ce, kl, gx, gw, gb = run(grad_scale=factors, needs=needs)
         ctx.grads = (gx, gw, gb)
-        ce_part, kl_part = ce.sum() * scale, kl.sum() * scale
+        ce_part, kl_part = _weighted_sum(ce, factors), _weighted_sum(kl, factors)
         loss = spec.ce_weight * ce_part + spec.kl_weight * kl_part
         ctx.mark_non_differentiable(ce_part, kl_part)
         return loss, ce_part, kl_part
@@ -374,9 +479,11 @@ class _FusedLinearLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_ce, _grad_kl):
         if ctx.reduction == "none":
-            x, w, b, xt, wt, bt, idx, y = ctx.saved_tensors
+            x, w, b, xt, wt, bt, idx, y, wv = ctx.saved_tensors
             g = grad_loss.reshape(-1)
             g = (g if idx is None else g.index_select(0, idx)).to(compute_dtype(x.dtype))
+            if wv is not None:
+                g = g * wv
             _, _, gx, gw, gb = _run_chunks(
                 x,
                 w,
@@ -395,7 +502,7 @@ class _FusedLinearLoss(torch.autograd.Function):
         else:
             grads = _take_stored(ctx, "grads")
             gx, gw, gb = _scale_grads(grads, grad_loss, in_place=not ctx.allow_retain_graph)
-        return gx, gw, gb, *([None] * 11)
+        return gx, gw, gb, *([None] * 12)
 
 
 class _FusedLogitsLoss(torch.autograd.Function):
@@ -403,19 +510,31 @@ class _FusedLogitsLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, z, zt, idx, y, spec, reduction, normalizer, chunk_size, row_step, allow_retain_graph
+        ctx,
+        z,
+        zt,
+        idx,
+        y,
+        wv,
+        spec,
+        reduction,
+        normalizer,
+        chunk_size,
+        row_step,
+        allow_retain_graph,
     ):
         n_rows, vocab = z.shape
         n_valid = y.numel()
         cdt = compute_dtype(z.dtype)
         need = ctx.needs_input_grad[0]
         ctx.reduction, ctx.allow_retain_graph = reduction, allow_retain_graph
-        # Scalar reductions fold their factor into the gradient now; "none" gets per-row factors later.
-        scale = (
-            1.0
-            if reduction == "none"
-            else _reduction_scale(reduction, n_valid, normalizer, cdt, z.device)
-        )
+        # Scalar reductions fold their factor into the gradient now; "none" gets per-row factors later
+        # (the token weights are folded in now in both cases).
+        if reduction == "none":
+            factors = 1.0 if wv is None else wv
+        else:
+            factors = _row_factors(reduction, n_valid, normalizer, wv, cdt, z.device)
+        per_row = isinstance(factors, torch.Tensor) and factors.dim() == 1
         grad = torch.zeros_like(z) if need else None
         ce = torch.empty(n_valid, dtype=cdt, device=z.device)
         kl = torch.empty_like(ce)
@@ -423,26 +542,29 @@ class _FusedLogitsLoss(torch.autograd.Function):
             c = _balanced(n_valid, chunk_size or default_chunk_size(n_valid, vocab, z.device))
             s_buf = torch.empty(min(c, n_valid), vocab, dtype=cdt, device=z.device)
             t_buf = torch.empty_like(s_buf) if spec.has_teacher else None
+            lo = neg_inf_stand_in(cdt, spec.temperature)
             for start in range(0, n_valid, c):
                 end = min(start + c, n_valid)
                 rows = torch.arange(start, end, device=z.device) if idx is None else idx[start:end]
                 s = s_buf[: end - start]
-                s.copy_(z.index_select(0, rows))
+                torch.clamp(z.index_select(0, rows), min=lo, out=s)  # -inf → finite stand-in
                 t = None
                 if spec.has_teacher:
                     t = t_buf[: end - start]
-                    t.copy_(zt.index_select(0, rows))
+                    torch.clamp(zt.index_select(0, rows), min=lo, out=t)
+                scale = factors[start:end] if per_row else factors
                 ce[start:end], kl[start:end] = row_step(
                     s, t, y[start:end], spec, scale if need else None
                 )
                 if need:
                     grad.index_copy_(0, rows, s.to(z.dtype))
         ctx.grad = grad
-        ce_tok, kl_tok = _scatter_rows(ce, idx, n_rows), _scatter_rows(kl, idx, n_rows)
         if reduction == "none":
-            ce_part, kl_part = ce_tok, kl_tok
+            if wv is not None:
+                ce, kl = ce * wv, kl * wv
+            ce_part, kl_part = _scatter_rows(ce, idx, n_rows), _scatter_rows(kl, idx, n_rows)
         else:
-            ce_part, kl_part = ce.sum() * scale, kl.sum() * scale
+            ce_part, kl_part = _weighted_sum(ce, factors), _weighted_sum(kl, factors)
         loss = spec.ce_weight * ce_part + spec.kl_weight * kl_part
         ctx.mark_non_differentiable(ce_part, kl_part)
         return loss, ce_part, kl_part
@@ -455,7 +577,7 @@ class _FusedLogitsLoss(torch.autograd.Function):
             grad = grad.mul_(factor) if not ctx.allow_retain_graph else grad * factor
         else:
             (grad,) = _scale_grads((grad,), grad_loss, in_place=not ctx.allow_retain_graph)
-        return grad, *([None] * 9)
+        return grad, *([None] * 10)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -492,31 +614,51 @@ def _finish(outputs, reduction: str, labels_shape, return_parts: bool):
     return loss
 
 
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype active for ``device``'s type, or None when autocast is off there."""
+    if device.type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
+def _cast_for_autocast(dtype: torch.dtype | None, *tensors):
+    """Cast fp32/fp16/bf16 tensors to the autocast dtype (differentiably); fp64 and None stay."""
+    if dtype is None:
+        return tensors
+    return tuple(
+        t.to(dtype)
+        if t is not None and t.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        else t
+        for t in tensors
+    )
+
+
+def _no_autocast(device: torch.device):
+    """Autocast disabled for ``device``'s type (our buffers and ``out=`` GEMMs choose their dtypes)."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 @_eager_under_compile
 def fused_linear_distillation_loss(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
     labels: torch.Tensor,
     *,
+    spec: LossSpec | None = None,
     teacher_hidden: torch.Tensor | None = None,
     teacher_weight: torch.Tensor | None = None,
     student_bias: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
-    ce_weight: float = 1.0,
-    kl_weight: float = 1.0,
-    divergence: str = "forward_kl",
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    scale_by_temperature_squared: bool = False,
-    logit_swap: bool = False,
+    token_weights: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     normalizer: float | int | torch.Tensor | None = None,
-    chunk_size: int | None = None,
     return_parts: bool = False,
     backend: str = "auto",
     allow_retain_graph: bool = False,
-):
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``ce_weight · CE(student, labels) + kl_weight · D(teacher ‖ student)`` from hidden states, chunked.
 
     One pass over the student logits computes both terms and their gradient; memory is O(chunk × vocab).
@@ -525,23 +667,18 @@ def fused_linear_distillation_loss(
         student_hidden: (N, H) or (B, T, H); row i predicts ``labels[i]`` (labels already shifted).
         student_weight: student LM head (V, H); ``student_bias`` (V,) optional.
         labels: (N,) or (B, T) class indices; ``ignore_index`` marks rows without loss.
+        spec: the loss (`losses.LossSpec`: weights, divergence, β, τ, τ², logit swap, chunk size);
+            None means ``LossSpec()``, plain cross-entropy (``kl_weight=0``).
         teacher_hidden, teacher_weight, teacher_bias: the frozen teacher's final hidden states (N, H_t)
             and head (V, H_t) — H_t may differ from H, V may not. Never receive a gradient. Required
-            when ``kl_weight != 0``; when given with ``kl_weight == 0`` the divergence is still computed
-            (for ``return_parts``).
-        ce_weight, kl_weight: weights of the two terms (``ce_weight=0``: pure distillation, e.g. DiSC).
-        divergence: ``forward_kl`` (KL(teacher ‖ student)), ``reverse_kl``, ``jsd`` (generalized JSD with
-            mixture weight ``beta`` on the teacher; β=0 / β=1 mean forward / reverse KL),
-            ``skew_forward_kl`` / ``skew_reverse_kl`` (DistiLLM's skew KLs with α = ``beta``).
-        temperature: τ > 0 divides both logit sets in the divergence (never in the CE).
-        scale_by_temperature_squared: multiply the divergence by τ² (DiSC; Hinton et al.).
-        logit_swap: per row, exchange the teacher's largest logit (first argmax) and the label's logit
-            before its softmax (Mix-CPT's LSSD); no-op where they coincide.
-        reduction: ``mean`` over non-ignored tokens (0 for an all-ignored batch), ``sum``, or ``none``
-            (per token, shape of ``labels``, 0 on ignored rows).
-        normalizer: with ``reduction="mean"``, divide the sum by this token count instead (e.g. the
+            when ``spec.kl_weight != 0``; when given with ``kl_weight == 0`` the divergence is still
+            computed (for ``return_parts``).
+        token_weights: optional float weights of the shape of ``labels``, treated as constants: each
+            row's CE and divergence are multiplied by its weight before the reduction.
+        reduction: ``mean`` over non-ignored tokens (Σ w·loss / Σ w with weights; 0 when the
+            denominator is 0), ``sum``, or ``none`` (per token, shape of ``labels``, 0 on ignored rows).
+        normalizer: with ``reduction="mean"``, divide the (weighted) sum by this instead (e.g. the
             optimizer step's target-token count across micro-batches and ranks); number or 0-dim tensor.
-        chunk_size: rows per chunk (default: see `losses._common.default_chunk_size`).
         return_parts: also return ``{"ce": …, "kl": …}`` (detached, reduced like the loss, such that
             ``loss = ce_weight · ce + kl_weight · kl``; ``kl`` includes the τ² factor if enabled).
         backend: ``auto`` (Triton on CUDA when available, torch otherwise), ``torch`` or ``triton``.
@@ -551,52 +688,60 @@ def fused_linear_distillation_loss(
     Returns:
         The loss (fp32; fp64 for fp64 inputs), or ``(loss, parts)`` with ``return_parts=True``.
     """
+    spec = as_loss_spec(spec)
     check_reduction(reduction, normalizer)
     x = flatten_rows(student_hidden, "student_hidden")
-    check_linear(x, student_weight, student_bias, "student")
     has_teacher = teacher_hidden is not None or teacher_weight is not None
-    xt = None
+    if has_teacher and (teacher_hidden is None or teacher_weight is None):
+        raise ValueError("pass both teacher_hidden and teacher_weight, or neither")
+    xt = flatten_rows(teacher_hidden, "teacher_hidden").detach() if has_teacher else None
+    wt = teacher_weight.detach() if has_teacher else None
+    bt = teacher_bias.detach() if teacher_bias is not None else None
+    # Autocast: cast explicitly here, run with autocast off (see the module docstring).
+    x, w, b, xt, wt, bt = _cast_for_autocast(
+        _autocast_dtype(x.device), x, student_weight, student_bias, xt, wt, bt
+    )
+    check_linear(x, w, b, "student")
     if has_teacher:
-        if teacher_hidden is None or teacher_weight is None:
-            raise ValueError("pass both teacher_hidden and teacher_weight, or neither")
-        xt = flatten_rows(teacher_hidden, "teacher_hidden").detach()
-        check_linear(xt, teacher_weight, teacher_bias, "teacher")
-        check_same_vocab(student_weight.shape[0], teacher_weight.shape[0])
+        check_linear(xt, wt, bt, "teacher")
+        check_same_vocab(w.shape[0], wt.shape[0])
         if xt.shape[0] != x.shape[0]:
             raise ValueError(
                 f"teacher_hidden has {xt.shape[0]} rows but student_hidden has {x.shape[0]}; they must be "
                 "aligned row by row (slice the teacher's positions that predict the same labels)"
             )
-    spec = make_spec(
-        ce_weight=ce_weight,
-        kl_weight=kl_weight,
-        divergence=divergence,
-        beta=beta,
-        temperature=temperature,
-        scale_by_temperature_squared=scale_by_temperature_squared,
-        logit_swap=logit_swap,
-        has_teacher=has_teacher,
-    )
+    rspec = row_spec(spec, has_teacher=has_teacher)
+    weights = check_token_weights(token_weights, labels, x.device)
     flat_labels = check_labels(labels, x.shape[0])
-    idx, y = valid_rows(flat_labels, ignore_index, student_weight.shape[0])
+    idx, y = valid_rows(flat_labels, ignore_index, w.shape[0])
+    wv = _valid_weights(weights, idx, compute_dtype(x.dtype))
     row_step = _row_step(backend, x.device, x.dtype)
-    outputs = _FusedLinearLoss.apply(
-        x,
-        student_weight,
-        student_bias,
-        xt,
-        teacher_weight.detach() if has_teacher else None,
-        teacher_bias.detach() if teacher_bias is not None else None,
-        idx,
-        y,
-        spec,
-        reduction,
-        normalizer,
-        chunk_size,
-        row_step,
-        allow_retain_graph,
-    )
+    with _no_autocast(x.device):
+        outputs = _FusedLinearLoss.apply(
+            x,
+            w,
+            b,
+            xt,
+            wt,
+            bt,
+            idx,
+            y,
+            wv,
+            rspec,
+            reduction,
+            normalizer,
+            spec.chunk_size,
+            row_step,
+            allow_retain_graph,
+        )
     return _finish(outputs, reduction, labels.shape, return_parts)
+
+
+def _valid_weights(weights: torch.Tensor | None, idx: torch.Tensor | None, dtype: torch.dtype):
+    """The token weights of the valid rows, in the compute dtype (None without weights)."""
+    if weights is None:
+        return None
+    return (weights if idx is None else weights.index_select(0, idx)).to(dtype)
 
 
 @_eager_under_compile
@@ -605,27 +750,23 @@ def fused_distillation_loss(
     teacher_logits: torch.Tensor | None,
     labels: torch.Tensor,
     *,
-    ce_weight: float = 1.0,
-    kl_weight: float = 1.0,
-    divergence: str = "forward_kl",
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    scale_by_temperature_squared: bool = False,
-    logit_swap: bool = False,
+    spec: LossSpec | None = None,
+    token_weights: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     normalizer: float | int | torch.Tensor | None = None,
-    chunk_size: int | None = None,
     return_parts: bool = False,
     backend: str = "auto",
     allow_retain_graph: bool = False,
-):
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`fused_linear_distillation_loss` for callers that already hold the logits, (N, V) or (B, T, V).
 
     The row step runs in fp32 chunk by chunk and the gradient w.r.t. ``student_logits`` is written in
     forward (one tensor the size of the logits, in their dtype); no other ``[N, V]`` temporary is made.
-    The inputs are never modified. ``teacher_logits=None`` with ``kl_weight=0`` gives plain CE.
+    The logits are used in their own dtype, also under autocast. The inputs are never modified.
+    ``teacher_logits=None`` with ``spec=None`` (``kl_weight=0``) gives plain CE.
     """
+    spec = as_loss_spec(spec)
     check_reduction(reduction, normalizer)
     z = student_logits.reshape(-1, student_logits.shape[-1])
     zt = None
@@ -636,22 +777,26 @@ def fused_distillation_loss(
             raise ValueError(
                 f"teacher_logits has {zt.shape[0]} rows but student_logits has {z.shape[0]}"
             )
-    spec = make_spec(
-        ce_weight=ce_weight,
-        kl_weight=kl_weight,
-        divergence=divergence,
-        beta=beta,
-        temperature=temperature,
-        scale_by_temperature_squared=scale_by_temperature_squared,
-        logit_swap=logit_swap,
-        has_teacher=zt is not None,
-    )
+    rspec = row_spec(spec, has_teacher=zt is not None)
+    weights = check_token_weights(token_weights, labels, z.device)
     flat_labels = check_labels(labels, z.shape[0])
     idx, y = valid_rows(flat_labels, ignore_index, z.shape[1])
+    wv = _valid_weights(weights, idx, compute_dtype(z.dtype))
     row_step = _row_step(backend, z.device, z.dtype)
-    outputs = _FusedLogitsLoss.apply(
-        z, zt, idx, y, spec, reduction, normalizer, chunk_size, row_step, allow_retain_graph
-    )
+    with _no_autocast(z.device):
+        outputs = _FusedLogitsLoss.apply(
+            z,
+            zt,
+            idx,
+            y,
+            wv,
+            rspec,
+            reduction,
+            normalizer,
+            spec.chunk_size,
+            row_step,
+            allow_retain_graph,
+        )
     return _finish(outputs, reduction, labels.shape, return_parts)
 
 
@@ -661,8 +806,22 @@ def native_linear_cross_entropy_available() -> bool:
 
 
 def _native_linear_cross_entropy(
-    x, weight, labels, bias, ignore_index, reduction, normalizer, chunk_size, allow_retain_graph
+    x,
+    weight,
+    labels,
+    bias,
+    weights,
+    ignore_index,
+    reduction,
+    normalizer,
+    chunk_size,
+    allow_retain_graph,
 ):
+    """torch's chunked ``F.linear_cross_entropy`` with this package's reductions and token weights.
+
+    Token weights go through torch's ``reduction="none"`` (which recomputes in backward, its upstream
+    gradient being the weights): Σ w·CE, then the package's mean / normalizer.
+    """
     if chunk_size is None and x.device.type == "cpu":
         # torch's automatic chunk on CPU is small (128 rows at V=32000, H=1024), which makes its GEMMs
         # about 3x slower here; our default chunk gives it the same GEMM shapes as our own loop.
@@ -674,13 +833,28 @@ def _native_linear_cross_entropy(
     )
     cdt = compute_dtype(x.dtype)
     kwargs = dict(linear_bias=bias, ignore_index=ignore_index, options=options)
+    valid = labels != ignore_index
+    if weights is not None:
+        w = torch.where(valid, weights.to(cdt), 0.0)
+        per_token = (
+            F.linear_cross_entropy(x, weight, labels, reduction="none", **kwargs).to(cdt) * w
+        )
+        if reduction == "none":
+            return per_token
+        total = per_token.sum()
+        if reduction == "sum":
+            return total
+        if normalizer is None:
+            denom = w.sum()
+            return torch.where(denom != 0, total / torch.where(denom != 0, denom, 1.0), 0.0)
+        return total * _reduction_scale("mean", 0, normalizer, cdt, x.device)
     if reduction == "none":
         return F.linear_cross_entropy(x, weight, labels, reduction="none", **kwargs).to(cdt)
     total = F.linear_cross_entropy(x, weight, labels, reduction="sum", **kwargs).to(cdt)
     if reduction == "sum":
         return total
     if normalizer is None:
-        return total / (labels != ignore_index).sum().clamp(min=1).to(cdt)
+        return total / valid.sum().clamp(min=1).to(cdt)
     return total * _reduction_scale("mean", 0, normalizer, cdt, x.device)
 
 
@@ -691,6 +865,7 @@ def fused_linear_cross_entropy(
     labels: torch.Tensor,
     bias: torch.Tensor | None = None,
     *,
+    token_weights: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     normalizer: float | int | torch.Tensor | None = None,
@@ -701,19 +876,21 @@ def fused_linear_cross_entropy(
     """Cross-entropy of ``hidden @ weight.T (+ bias)`` against ``labels`` without materializing the logits.
 
     Backends: ``"native"`` is torch's own chunked ``F.linear_cross_entropy`` (torch ≥ 2.13; on CPU it
-    gets this package's default chunk size unless ``chunk_size`` is given); ``"torch"`` / ``"triton"``
-    run this package's chunk loop (`fused_linear_distillation_loss` without a teacher). ``"auto"``
-    (default) picks native on CUDA when torch has it, and our loop on CPU, where it measured about 10%
-    faster than native at the same chunk size because it skips the ignored rows' GEMM work (and about
-    3x faster than native with torch's automatic chunk; see docs/losses.md).
+    gets this package's default chunk size unless ``chunk_size`` is given; token weights go through its
+    per-token losses); ``"torch"`` / ``"triton"`` run this package's chunk loop
+    (`fused_linear_distillation_loss` without a teacher). ``"auto"`` (default) picks native on CUDA
+    when torch has it and there are no token weights, and our loop otherwise — on CPU it measured about
+    10% faster than native at the same chunk size because it skips the ignored rows' GEMM work (and
+    about 3x faster than native with torch's automatic chunk; see docs/losses.md).
 
     Reductions as in `fused_linear_distillation_loss`: ``mean`` over non-ignored tokens (an
-    all-ignored batch gives 0 with zero gradients, where ``F.cross_entropy`` gives NaN), ``sum``,
-    ``none``; ``normalizer`` replaces the token count of the mean.
+    all-ignored batch gives 0 with zero gradients, where ``F.cross_entropy`` gives NaN; with
+    ``token_weights`` Σ w·CE / Σ w), ``sum``, ``none``; ``normalizer`` replaces the denominator.
     """
     check_reduction(reduction, normalizer)
     if backend == "native" or (
         backend == "auto"
+        and token_weights is None
         and native_linear_cross_entropy_available()
         and hidden.device.type == "cuda"
     ):
@@ -722,31 +899,34 @@ def fused_linear_cross_entropy(
                 "backend='native' needs torch.nn.functional.linear_cross_entropy (torch >= 2.13)"
             )
         x = flatten_rows(hidden, "hidden")
+        x, weight, bias = _cast_for_autocast(_autocast_dtype(x.device), x, weight, bias)
         check_linear(x, weight, bias)
+        weights = check_token_weights(token_weights, labels, x.device)
         flat_labels = check_labels(labels, x.shape[0])
-        out = _native_linear_cross_entropy(
-            x,
-            weight,
-            flat_labels,
-            bias,
-            ignore_index,
-            reduction,
-            normalizer,
-            chunk_size,
-            allow_retain_graph,
-        )
+        with _no_autocast(x.device):
+            out = _native_linear_cross_entropy(
+                x,
+                weight,
+                flat_labels,
+                bias,
+                weights,
+                ignore_index,
+                reduction,
+                normalizer,
+                chunk_size,
+                allow_retain_graph,
+            )
         return out.reshape(labels.shape) if reduction == "none" else out
     return fused_linear_distillation_loss(
         hidden,
         weight,
         labels,
+        spec=LossSpec(chunk_size=chunk_size),
         student_bias=bias,
-        ce_weight=1.0,
-        kl_weight=0.0,
+        token_weights=token_weights,
         ignore_index=ignore_index,
         reduction=reduction,
         normalizer=normalizer,
-        chunk_size=chunk_size,
         backend=backend,
         allow_retain_graph=allow_retain_graph,
     )

@@ -14,8 +14,9 @@ sigmoid    −(1−ε) log σ(βh) − ε log σ(−βh)                        
                                                                         is conservative DPO (cDPO)
 robust     [−(1−ε) log σ(βh) + ε log σ(−βh)] / (1 − 2ε)                 robust DPO (Chowdhury et al. 2024)
 hinge      max(0, 1 − βh)                                               SLiC-HF / RSO
-ipo        (h − 1/(2β))²                                                IPO (Azar et al. 2023); usually
-                                                                        on length-averaged log-probs
+ipo        (h − 1/(2β))²                                                IPO (Azar et al. 2023), on
+                                                                        length-averaged log-probs
+                                                                        (``average_log_prob=True``)
 =========  ===========================================================  ================================
 
 The implicit rewards ``β(π_c − ρ_c)`` and ``β(π_r − ρ_r)`` are returned detached, for logging.
@@ -54,12 +55,13 @@ def dpo_loss(
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
     reference_free: bool = False,
+    average_log_prob: bool = False,
     reduction: str = "mean",
 ) -> DPOOutput:
     """DPO-family loss from per-sequence log-probabilities of shape (B,).
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: the trained model's summed (or, for IPO, usually
+        policy_chosen_logps, policy_rejected_logps: the trained model's summed (for IPO:
             length-averaged) log-probabilities of each pair's chosen and rejected response.
         reference_chosen_logps, reference_rejected_logps: the same under the frozen reference model;
             required unless ``reference_free``.
@@ -67,6 +69,10 @@ def dpo_loss(
         loss_type: one of ``sigmoid``, ``robust``, ``hinge``, ``ipo`` (see the module docstring).
         label_smoothing: ε, the assumed label-flip probability, for ``sigmoid`` (cDPO) and ``robust``.
         reference_free: drop the reference terms (a uniform reference model).
+        average_log_prob: the caller's statement that the log-probabilities are length-averaged
+            (``sequence_log_probs(..., average=True)``). Required by ``loss_type="ipo"``: IPO's target
+            margin 1/(2β) is defined on length-averaged log-probs (as in TRL), and on summed ones the
+            same formula silently optimizes a different objective.
         reduction: ``mean``, ``sum`` or ``none`` over pairs.
     """
     if loss_type not in DPO_LOSS_TYPES:
@@ -78,6 +84,11 @@ def dpo_loss(
     if label_smoothing and loss_type not in ("sigmoid", "robust"):
         raise ValueError(
             f"label_smoothing applies to the sigmoid and robust losses, not {loss_type!r}"
+        )
+    if loss_type == "ipo" and not average_log_prob:
+        raise ValueError(
+            "loss_type='ipo' needs length-averaged log-probs: compute them with "
+            "sequence_log_probs(..., average=True) and pass average_log_prob=True"
         )
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

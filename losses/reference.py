@@ -21,9 +21,13 @@ Conventions (shared with the fused code):
   ``skew_reverse_kl``  KL(q ‖ β·q + (1−β)·p)      (DistiLLM's skew reverse KL with α = β)
 
 * Per token: ``ce_weight · CE + kl_weight · c · D`` with ``c = τ²`` if ``scale_by_temperature_squared``
-  else 1. Reductions: ``sum``; ``mean`` = sum / (number of non-ignored tokens), which is 0 (with zero
-  gradients) for an all-ignored batch — unlike ``torch.nn.functional.cross_entropy``, which returns NaN;
-  ``mean`` with ``normalizer=n`` = sum / n; ``none`` = the per-token values (0 on ignored rows).
+  else 1 (all options from one `losses.LossSpec`). Reductions: ``sum``; ``mean`` = sum / (number of
+  non-ignored tokens), which is 0 (with zero gradients) for an all-ignored batch — unlike
+  ``torch.nn.functional.cross_entropy``, which returns NaN; ``mean`` with ``normalizer=n`` = sum / n;
+  ``none`` = the per-token values (0 on ignored rows).
+* Token weights ``w`` (constants): each token's loss is multiplied by ``w`` first; ``sum`` = Σ w·loss,
+  ``mean`` = Σ w·loss / Σ w over non-ignored tokens (0 when that is 0) or / ``normalizer``, ``none`` =
+  w·loss per token.
 * ``return_parts=True`` also returns ``{"ce": …, "kl": …}``, detached, each reduced like the loss and
   such that ``loss = ce_weight · parts["ce"] + kl_weight · parts["kl"]`` (``kl`` includes ``c``).
 """
@@ -35,7 +39,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import check_reduction, resolve_divergence
+from ._common import LossSpec, as_loss_spec, check_reduction, resolve_divergence
 
 __all__ = [
     "cross_entropy",
@@ -108,15 +112,20 @@ def token_divergence(
     return kl(log_mix(log_q, log_p, beta), log_q)
 
 
-def _reduce(per_token: torch.Tensor, valid: torch.Tensor, reduction: str, normalizer):
+def _reduce(per_token: torch.Tensor, valid: torch.Tensor, reduction: str, normalizer, weights):
+    if weights is not None:
+        per_token = per_token * weights
     if reduction == "none":
         return per_token
     total = per_token.sum()
     if reduction == "sum":
         return total
-    if normalizer is None:
+    if normalizer is not None:
+        return total / normalizer
+    if weights is None:
         return total / valid.sum().clamp(min=1)
-    return total / normalizer
+    denom = torch.where(valid, weights, torch.zeros_like(weights)).sum()
+    return torch.where(denom != 0, total / torch.where(denom != 0, denom, 1.0), 0.0)
 
 
 def distillation_loss(
@@ -124,43 +133,48 @@ def distillation_loss(
     teacher_logits: torch.Tensor | None,
     labels: torch.Tensor,
     *,
-    ce_weight: float = 1.0,
-    kl_weight: float = 1.0,
-    divergence: str = "forward_kl",
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    scale_by_temperature_squared: bool = False,
-    logit_swap: bool = False,
+    spec: LossSpec | None = None,
+    token_weights: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     normalizer=None,
     return_parts: bool = False,
 ):
-    """``ce_weight · CE(student, labels) + kl_weight · D(teacher ‖ student)`` from full logits (N, V)."""
+    """``ce_weight · CE(student, labels) + kl_weight · D(teacher ‖ student)`` from full logits (N, V).
+
+    ``spec=None`` is ``LossSpec()`` (plain CE); ``spec.chunk_size`` is ignored here.
+    """
+    spec = as_loss_spec(spec)
     check_reduction(reduction, normalizer)
     labels_shape = labels.shape
     labels = labels.reshape(-1)
     student = _upcast(student_logits.reshape(-1, student_logits.shape[-1]))
+    weights = None
+    if token_weights is not None:
+        weights = token_weights.detach().reshape(-1).to(student.dtype)
     valid = labels != ignore_index
     ce = F.cross_entropy(student, labels, ignore_index=ignore_index, reduction="none")
     if teacher_logits is None:
+        if spec.uses_teacher:
+            raise ValueError("LossSpec.kl_weight is non-zero but no teacher logits were given")
         kl = torch.zeros_like(ce)
     else:
         teacher = _upcast(teacher_logits.detach().reshape(-1, teacher_logits.shape[-1]))
-        if logit_swap:
+        if spec.logit_swap:
             teacher = swap_teacher_logits(teacher, labels, ignore_index)
-        kl = token_divergence(student, teacher, divergence, beta, temperature)
-        if scale_by_temperature_squared:
-            kl = kl * temperature**2
+        kl = token_divergence(student, teacher, spec.divergence, spec.beta, spec.temperature)
+        if spec.scale_by_temperature_squared:
+            kl = kl * spec.temperature**2
         kl = torch.where(valid, kl, torch.zeros_like(kl))
-    loss = _reduce(ce_weight * ce + kl_weight * kl, valid, reduction, normalizer)
+    per_token = spec.ce_weight * ce + spec.kl_weight * kl
+    loss = _reduce(per_token, valid, reduction, normalizer, weights)
     if reduction == "none":
         loss = loss.reshape(labels_shape)
     if not return_parts:
         return loss
     parts = {
-        "ce": _reduce(ce.detach(), valid, reduction, normalizer),
-        "kl": _reduce(kl.detach(), valid, reduction, normalizer),
+        "ce": _reduce(ce.detach(), valid, reduction, normalizer, weights),
+        "kl": _reduce(kl.detach(), valid, reduction, normalizer, weights),
     }
     return loss, parts
 
@@ -193,6 +207,7 @@ def cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
     *,
+    token_weights: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     normalizer=None,
@@ -202,7 +217,7 @@ def cross_entropy(
         logits,
         None,
         labels,
-        kl_weight=0.0,
+        token_weights=token_weights,
         ignore_index=ignore_index,
         reduction=reduction,
         normalizer=normalizer,
@@ -215,6 +230,7 @@ def linear_cross_entropy(
     labels: torch.Tensor,
     bias: torch.Tensor | None = None,
     *,
+    token_weights: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     normalizer=None,
@@ -222,7 +238,12 @@ def linear_cross_entropy(
     """`cross_entropy` of ``F.linear(hidden, weight, bias)``."""
     logits = F.linear(hidden.reshape(-1, hidden.shape[-1]), weight, bias)
     return cross_entropy(
-        logits, labels, ignore_index=ignore_index, reduction=reduction, normalizer=normalizer
+        logits,
+        labels,
+        token_weights=token_weights,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        normalizer=normalizer,
     )
 
 

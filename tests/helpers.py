@@ -77,7 +77,7 @@ class RecordSteps(pl.Callback):
             "epoch": trainer.current_epoch,
             "batch_idx": batch_idx,
             "sample_index": batch["sample_index"].tolist(),
-            "step_target_tokens": int(batch["step_target_tokens"]),
+            "step_weight": float(batch["step_weight"]),
         }
         if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 and trainer.global_rank == 0:
             record["loss"] = float(trainer.callback_metrics["train/loss"])
@@ -101,7 +101,7 @@ def steps_view(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     for r in records:
         entry = steps.setdefault(
             r["global_step"],
-            {"samples": [], "loss": None, "tokens": r["step_target_tokens"], "epoch": r["epoch"]},
+            {"samples": [], "loss": None, "tokens": r["step_weight"], "epoch": r["epoch"]},
         )
         entry["samples"] += r["sample_index"]
         if "loss" in r:

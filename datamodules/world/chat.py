@@ -12,6 +12,22 @@ special token), so the answer's first word gets the same token as inside a biogr
 
 from __future__ import annotations
 
+from common.text import exact_match as _exact_match
+from common.text import normalize_answer
+
+__all__ = [
+    "ASSISTANT",
+    "CHAT_TEMPLATE",
+    "END",
+    "PAD",
+    "SPECIAL_TOKENS",
+    "USER",
+    "exact_match",
+    "format_chat",
+    "format_prompt",
+    "normalize_answer",
+]
+
 END = "<|endoftext|>"
 """End of a document and of an assistant turn; the tokenizer's EOS."""
 PAD = "<|pad|>"
@@ -45,14 +61,7 @@ def format_chat(question: str, answer: str) -> str:
     return format_prompt(question) + answer + END
 
 
-def normalize_answer(text: str) -> str:
-    """Canonical form for exact match: cut at the end marker, collapse whitespace, casefold, drop
-    a trailing period (a model may end its answer like a sentence)."""
-    text = text.split(END, 1)[0]
-    text = " ".join(text.split()).casefold()
-    return text.rstrip(".").rstrip()
-
-
 def exact_match(prediction: str, answer: str) -> bool:
-    """Whether a decoded prediction equals the reference answer after `normalize_answer`."""
-    return normalize_answer(prediction) == normalize_answer(answer)
+    """Whether a decoded prediction, cut at the end marker, equals the reference answer after
+    `common.text.normalize_answer` (the one definition evaluation uses too)."""
+    return _exact_match(prediction.split(END, 1)[0], answer)

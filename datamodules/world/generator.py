@@ -188,21 +188,6 @@ class World:
             "question": question,
         }
 
-    # --- splits --------------------------------------------------------------------------------
-
-    @property
-    def split_names(self) -> tuple[str, ...]:
-        """Names of all registered splits (see `splits.SPLITS`)."""
-        from datamodules.world.splits import SPLITS
-
-        return tuple(SPLITS)
-
-    def render(self, split: str) -> list[dict[str, Any]]:
-        """The records of one split (see `splits.SPLITS` for the registry)."""
-        from datamodules.world.splits import render_split
-
-        return render_split(self, split)
-
     def to_dict(self) -> dict[str, Any]:
         """Entities, attribute schema and config as JSON-serializable data (for `world.json`)."""
         return {

@@ -1,9 +1,10 @@
 """Write a world to disk once: JSONL splits, the trained tokenizer and `world.json`, cached.
 
 The directory is `cache_dir/world-<fingerprint>/`, the fingerprint hashing the config, the
-generator version, the registered splits and the `tokenizers` version. It is built in a temporary
-sibling directory and renamed into place in one step, so a crash never leaves a directory that a
-later call would use; a complete directory is reused as is.
+generator version, the registered splits and the `tokenizers` version. It is written with
+`common.atomic.atomic_directory` (staged beside it, fsynced, renamed into place in one step; orphans of
+killed builders removed at the next build), so a crash never leaves a directory that a later call
+would use; a complete directory is reused as is.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_directory
 from common.errors import DataError
+from common.jsonl import read_jsonl
 from datamodules.world.config import WorldConfig
 from datamodules.world.generator import GENERATOR_VERSION, World, build_world
 from datamodules.world.splits import SPLITS, Record, render_split, text_of
@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 WORLD_JSON = "world.json"
 TOKENIZER_DIR = "tokenizer"
-STALE_TEMP_SECONDS = 3600
-"""A temporary build directory older than this is a leftover of a killed process and is removed."""
 
 
 def world_fingerprint(config: WorldConfig) -> str:
@@ -85,8 +83,7 @@ class WorldArtifacts:
 
     def read_split(self, name: str) -> list[Record]:
         """All records of a split."""
-        with open(self.split_path(name), encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
+        return [record for _, record in read_jsonl(self.split_path(name))]
 
     def load_tokenizer(self) -> Any:
         """The world tokenizer as a transformers `PreTrainedTokenizerFast`."""
@@ -112,23 +109,10 @@ def _is_complete(root: Path, fingerprint: str) -> bool:
     return all(f.is_file() for f in files)
 
 
-def _remove_stale_temps(cache_dir: Path, fingerprint: str) -> None:
-    now = time.time()
-    for path in cache_dir.glob(f".world-{fingerprint}.tmp-*"):
-        try:
-            if now - path.stat().st_mtime > STALE_TEMP_SECONDS:
-                logger.info("removing stale temporary world directory %s", path)
-                shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def _write_jsonl(path: Path, records: list[Record]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _build(config: WorldConfig, fingerprint: str, directory: Path) -> dict[str, Any]:
@@ -162,8 +146,6 @@ def _build(config: WorldConfig, fingerprint: str, directory: Path) -> dict[str, 
     with open(directory / WORLD_JSON, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1, ensure_ascii=False)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
     return stats
 
 
@@ -207,29 +189,16 @@ def materialize_world(
         result = artifacts()
         _log_stats(root, result.stats, "reusing")
         return result
+    # Staged beside `root`, fsynced and renamed into place (an incomplete `root`, which this
+    # module never writes, is replaced); a complete world another process published meanwhile is
+    # kept. Orphans of killed builders in `cache_dir` are removed first.
     if root.exists():
-        # Not written by this module (it only ever renames complete directories into place).
         logger.warning("world directory %s is incomplete; rebuilding it", root)
-        trash = Path(tempfile.mkdtemp(prefix=f".world-{fingerprint}.trash-", dir=cache_dir))
-        os.rename(root, trash / "old")
-        shutil.rmtree(trash, ignore_errors=True)
-
-    _remove_stale_temps(cache_dir, fingerprint)
     started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".world-{fingerprint}.tmp-{os.getpid()}-", dir=cache_dir))
-    try:
+    with atomic_directory(root, overwrite=root.exists()) as tmp:
         stats = _build(config, fingerprint, tmp)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not _is_complete(root, fingerprint):
-                raise
-            logger.info("another process built %s first; using it", root)
-            shutil.rmtree(tmp, ignore_errors=True)
-            return artifacts()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    if not _is_complete(root, fingerprint):
+        raise DataError(root, "the world directory is incomplete after building it")
     logger.info("world built in %.1f s", time.perf_counter() - started)
     _log_stats(root, stats, "built")
     return WorldArtifacts(root, config, fingerprint, split_names, stats)

@@ -14,7 +14,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedModel
 
-from callbacks import ExportCallback, atomic_directory, export_pretrained
+from callbacks import ExportCallback, export_pretrained
+from common import atomic as atomic_module
+from common.atomic import atomic_directory
 from tests.callbacks.conftest import TinyCausalLM, cpu_trainer, pad_batch, qa_sequences, tiny_llama
 
 PROBE = "Alice Varen was born in Orlin"
@@ -77,7 +79,10 @@ def test_new_export_replaces_old_and_leftovers_are_recovered(
 ) -> None:
     target = tmp_path / "export"
     export_pretrained(tiny_llama(tiny_tokenizer, seed=0), tiny_tokenizer, target)
-    (tmp_path / ".export.tmp-dead").mkdir()  # a crashed writer's partial directory
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    host = atomic_module._host_tag()
+    (tmp_path / f".tmp-export-{dead.pid}-{host}dead").mkdir()  # a crashed writer's partial dir
     export_pretrained(tiny_llama(tiny_tokenizer, seed=1), tiny_tokenizer, target)
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
     loaded = AutoModelForCausalLM.from_pretrained(target)
@@ -86,7 +91,7 @@ def test_new_export_replaces_old_and_leftovers_are_recovered(
     )
 
     # A crash between "move the old export aside" and "move the new one in" leaves it aside.
-    target.rename(tmp_path / ".export.old-1234")
+    target.rename(tmp_path / f".old-export-{dead.pid}-{host}beef")
     with atomic_directory(target) as tmp:
         assert (
             target.exists() and tmp.exists()
@@ -210,3 +215,14 @@ def test_wandb_offline_run_places_files_beside_its_checkpoints(
     assert callbacks[2].export_dir == run / "export"
     assert AutoModelForCausalLM.from_pretrained(run / "export") is not None
     assert len((run / "knowledge_eval.jsonl").read_text().splitlines()) == 2
+
+
+def test_every_exported_file_has_the_default_mode(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    """safetensors writes its file 0600; an export is for others to read, like the rest (0644)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    target = export_pretrained(tiny_llama(tiny_tokenizer), tiny_tokenizer, tmp_path / "export")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in target.rglob("*")}
+    assert "model.safetensors" in modes
+    assert modes == dict.fromkeys(modes, 0o666 & ~mask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~mask

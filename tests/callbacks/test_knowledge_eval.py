@@ -14,16 +14,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 
-from callbacks import (
-    KnowledgeEvalCallback,
-    greedy_generate,
-    heldout_nll,
-    load_qa_records,
-    load_texts,
-)
+from callbacks import KnowledgeEvalCallback
 from callbacks._common import eval_mode
-from callbacks.knowledge_eval import _shard, perplexity_chunks
 from common.errors import ConfigError, DataError
+from evaluation import greedy_generate, heldout_nll, load_qa_records, load_texts, perplexity_chunks
+from evaluation import shard as _shard
 from tests.callbacks.conftest import (
     QA_LINES,
     cpu_trainer,
@@ -246,7 +241,7 @@ def test_bad_arguments_are_rejected() -> None:
     [
         (
             b'{"prompt": "a", "answer": "b", "entity": "e", "attribute": "x"}\n{"prompt": \n',
-            r"qa\.jsonl:2: invalid JSON",
+            r"qa\.jsonl:2: malformed JSON \(Expecting value at column 12\)",
         ),
         (
             b'{"prompt": "a", "answer": "b", "entity": "e"}\n',
@@ -260,12 +255,12 @@ def test_bad_arguments_are_rejected() -> None:
             b'{"prompt": "a", "answer": " ", "entity": "e", "attribute": "x"}\n',
             r":1: .*must not be empty",
         ),
-        (b"[1, 2]\n", r":1: expected a JSON object, got list"),
+        (b"[1, 2]\n", r":1: record must be a JSON object, got list"),
         (
             b'{"prompt": "caf\xe9", "answer": "b", "entity": "e", "attribute": "x"}\n',
             r":1: not valid UTF-8",
         ),
-        (b"\n\n", r"qa\.jsonl: no QA records"),
+        (b"\n\n", r"qa\.jsonl: empty file"),
     ],
 )
 def test_bad_qa_files_name_file_and_line(tmp_path: Path, content: bytes, message: str) -> None:

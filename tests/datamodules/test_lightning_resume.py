@@ -29,7 +29,7 @@ class Recorder(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.seen.append(batch["sample_index"].tolist())
-        scale = batch["step_target_tokens"].float()
+        scale = batch["step_weight"].float()
         return (self.weight * batch["input_ids"].float().mean() / scale).sum()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

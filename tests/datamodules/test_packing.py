@@ -194,11 +194,12 @@ def test_dataset_concatenates_sources_and_collates(tiny_tokenizer: Any, tmp_path
     assert np.array_equal(ds.num_target_tokens(np.arange(len(ds))), ds.num_target_tokens_array)
     last = len(ds) - 1
     item = ds[(last, 99)]
-    assert item["sample_index"] == last and item["step_target_tokens"] == 99
+    assert item["sample_index"] == last and item["step_weight"] == 99.0
     assert np.array_equal(item["input_ids"], b.row(len(b) - 1, PAD)["input_ids"])
 
     batch = collate_rows([ds[(last, 5)], ds[(last - 1, 5)]])
-    assert batch["step_target_tokens"].shape == () and int(batch["step_target_tokens"]) == 5
+    assert batch["step_weight"].shape == () and batch["step_weight"].dtype == torch.float64
+    assert float(batch["step_weight"]) == 5.0
     assert batch["sample_index"].tolist() == [last, last - 1]
     assert batch["input_ids"].dtype == torch.long
 
@@ -207,6 +208,6 @@ def test_dataset_concatenates_sources_and_collates(tiny_tokenizer: Any, tmp_path
     real = int(b.real_lengths[-1])
     assert real < 16 and short["input_ids"].shape == (1, -(-real // 8) * 8)
     assert short["attention_mask"].sum() == real
-    assert int(short["step_target_tokens"]) == ds.num_target_tokens(last)
+    assert float(short["step_weight"]) == ds.num_target_tokens(last)
     with pytest.raises(IndexError):
         ds[len(ds)]

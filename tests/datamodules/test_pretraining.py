@@ -94,12 +94,12 @@ def test_train_batches_follow_the_contract(
     for batch in batches:
         assert set(batch) == {
             "input_ids", "labels", "position_ids", "attention_mask", "sample_index",
-            "step_target_tokens",
+            "step_weight",
         }  # fmt: skip
         assert batch["input_ids"].shape[0] == 2 and batch["input_ids"].dtype == torch.long
-        assert batch["step_target_tokens"].shape == ()
+        assert batch["step_weight"].shape == () and batch["step_weight"].dtype == torch.float64
         brute = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        assert int(batch["step_target_tokens"]) == brute  # one micro-batch per step here
+        assert float(batch["step_weight"]) == brute  # one micro-batch per step here
         for i, row in zip(batch["sample_index"].tolist(), batch["input_ids"]):
             expected = dm.train_dataset[i]["input_ids"][: row.shape[0]]
             assert row.tolist() == expected.tolist()
@@ -107,7 +107,7 @@ def test_train_batches_follow_the_contract(
     assert len(set(seen)) == len(seen) == (len(dm.train_dataset) // 2) * 2
 
 
-def test_step_target_tokens_spans_accumulation_and_ranks(
+def test_step_weight_spans_accumulation_and_ranks(
     tiny_tokenizer_dir: Path, sources: dict[str, Path], tmp_path: Path
 ) -> None:
     dm = make_dm(tiny_tokenizer_dir, sources, tmp_path)
@@ -152,7 +152,7 @@ def test_val_loaders_by_name_in_order(
         range(len(loaders[1].dataset))
     )
     for b in batches:
-        assert int(b["step_target_tokens"]) == int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
+        assert float(b["step_weight"]) == int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def test_prepare_data_then_setup_tokenizes_once(

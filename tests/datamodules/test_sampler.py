@@ -164,7 +164,7 @@ def test_same_global_steps_for_every_layout(tokens: np.ndarray) -> None:
     assert global_steps(tokens, micro=1, accumulate=2, world=2, epoch=2) == reference
 
 
-def test_step_target_tokens_is_a_brute_force_count(tokens: np.ndarray) -> None:
+def test_step_weight_is_a_brute_force_sum(tokens: np.ndarray) -> None:
     steps = global_steps(tokens, micro=2, accumulate=3, world=2)
     assert steps
     for keys in steps:

@@ -123,6 +123,17 @@ def test_malformed_jsonl_line(write_jsonl: Callable[..., Path]) -> None:
     assert "one JSON object per line" in message
 
 
+def test_malformed_jsonl_error_names_the_column_in_the_line(
+    write_jsonl: Callable[..., Path],
+) -> None:
+    # The closing brace is missing after 40 characters: the error is at column 41 of line 2, not
+    # at column 1 of the (virtual) line after the newline.
+    path = write_jsonl("bad.jsonl", [{"text": "ok"}, '{"text": "' + "a" * 29 + '"'])
+    assert error_of(SourceSpec(path=str(path))).startswith(
+        f"{path}:2: malformed JSON (Expecting ',' delimiter at column 41)"
+    )
+
+
 def test_missing_text_field(write_jsonl: Callable[..., Path]) -> None:
     path = write_jsonl("m.jsonl", [{"text": "ok"}, {"body": "x", "id": 2}])
     message = error_of(SourceSpec(path=str(path)))

@@ -196,3 +196,32 @@ def test_store_pickles_without_copying_tokens(
     copy = pickle.loads(blob)
     assert np.array_equal(copy.tokens, store.tokens)
     assert isinstance(copy.tokens, np.memmap)
+
+
+def test_store_is_staged_beside_it_and_orphans_of_killed_builders_are_removed(
+    tiny_tokenizer: Any, docs_jsonl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    from common import atomic
+
+    cache = tmp_path / "c"
+    cache.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = atomic._host_tag()
+    orphan = cache / f".tmp-0123abcd-{dead.pid}-{host}0000"  # a builder killed mid-write
+    orphan.mkdir()
+    (orphan / "tokens.bin").write_bytes(b"\0" * 8)
+    staged: list[Path] = []
+    real_write = TokenizedStore._write.__func__  # type: ignore[attr-defined]
+
+    def recording(cls: type, spec: Any, tokenizer: Any, tmp: Path, fingerprint: str) -> None:
+        staged.append(tmp)
+        real_write(cls, spec, tokenizer, tmp, fingerprint)
+
+    monkeypatch.setattr(TokenizedStore, "_write", classmethod(recording))
+    store = TokenizedStore.get_or_build(SourceSpec(path=str(docs_jsonl)), tiny_tokenizer, cache)
+    assert staged and staged[0].parent == cache  # same filesystem as the store, not $TMPDIR
+    assert [p.name for p in cache.iterdir()] == [store.fingerprint]

@@ -6,6 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
+from losses import LossSpec
+
+
+def kd(**fields) -> LossSpec:
+    """A `LossSpec` for CE + divergence: ``kl_weight=1`` unless given (the default is plain CE)."""
+    return LossSpec(**{"kl_weight": 1.0, **fields})
+
 
 @dataclass
 class Case:

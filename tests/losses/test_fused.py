@@ -9,26 +9,31 @@ import torch
 import torch.nn.functional as F
 
 import losses
+from losses import LossSpec
 from losses import fused as fused_mod
 from losses import reference as R
-from tests.losses.helpers import assert_all_close, assert_close, make_case, run_linear
+from losses._common import row_spec
+from losses.rowwise import loss_rows_torch
+from tests.losses.helpers import assert_all_close, assert_close, kd, make_case, run_linear
 
 DIVERGENCES = ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"]
 FP64 = dict(atol=1e-10, rtol=1e-9)
 FP32 = dict(atol=1e-5, rtol=5e-4)
 
 
-def both(case, teacher=True, chunk_size=4, **kwargs):
-    """(fused, reference) results for one case."""
+def both(case, teacher=True, chunk_size=4, *, spec=None, **kwargs):
+    """(fused, reference) results for one case; ``spec`` defaults to CE + forward KL."""
+    spec = spec or kd()
+    fused_spec = LossSpec(**{**spec.__dict__, "chunk_size": chunk_size})
     got = run_linear(
         losses.fused_linear_distillation_loss,
         case,
         teacher=teacher,
-        chunk_size=chunk_size,
+        spec=fused_spec,
         backend="torch",
         **kwargs,
     )
-    ref = run_linear(R.linear_distillation_loss, case, teacher=teacher, **kwargs)
+    ref = run_linear(R.linear_distillation_loss, case, teacher=teacher, spec=spec, **kwargs)
     return got, ref
 
 
@@ -43,23 +48,22 @@ def both(case, teacher=True, chunk_size=4, **kwargs):
 @pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_matches_reference_fp64(divergence, tau, swap, reduction):
     case = make_case(seed=hash((divergence, tau, swap, reduction)) % 1000)
-    got, ref = both(
-        case,
+    spec = LossSpec(
+        ce_weight=0.7,
+        kl_weight=1.3,
         divergence=divergence,
         beta=0.3,
         temperature=tau,
-        logit_swap=swap,
-        reduction=reduction,
-        ce_weight=0.7,
-        kl_weight=1.3,
         scale_by_temperature_squared=tau != 1.0,
+        logit_swap=swap,
     )
+    got, ref = both(case, spec=spec, reduction=reduction)
     assert_all_close(got, ref, **FP64)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
 def test_jsd_betas_fp64(beta):
-    got, ref = both(make_case(seed=11), divergence="jsd", beta=beta, temperature=2.0)
+    got, ref = both(make_case(seed=11), spec=kd(divergence="jsd", beta=beta, temperature=2.0))
     assert_all_close(got, ref, **FP64)
 
 
@@ -67,23 +71,13 @@ def test_jsd_betas_fp64(beta):
 @pytest.mark.parametrize("swap", [False, True])
 def test_matches_reference_fp32(divergence, swap):
     case = make_case(n=21, h=16, ht=12, v=53, seed=5)
+    spec = kd(divergence=divergence, temperature=2.0, logit_swap=swap, beta=0.4)
     got = run_linear(
         losses.fused_linear_distillation_loss,
         case.to(torch.float32),
-        chunk_size=8,
-        divergence=divergence,
-        temperature=2.0,
-        logit_swap=swap,
-        beta=0.4,
+        spec=LossSpec(**{**spec.__dict__, "chunk_size": 8}),
     )
-    ref = run_linear(
-        R.linear_distillation_loss,
-        case,
-        divergence=divergence,
-        temperature=2.0,
-        logit_swap=swap,
-        beta=0.4,
-    )
+    ref = run_linear(R.linear_distillation_loss, case, spec=spec)
     assert_all_close(got, ref, **FP32)
 
 
@@ -94,11 +88,11 @@ def test_bf16_inputs_loose(divergence):
     got = run_linear(
         losses.fused_linear_distillation_loss,
         case,
-        chunk_size=8,
-        divergence=divergence,
-        logit_swap=True,
+        spec=kd(divergence=divergence, logit_swap=True, chunk_size=8),
     )
-    ref = run_linear(R.linear_distillation_loss, case, divergence=divergence, logit_swap=True)
+    ref = run_linear(
+        R.linear_distillation_loss, case, spec=kd(divergence=divergence, logit_swap=True)
+    )
     assert got[0].dtype == torch.float32 and got[2]["w"].dtype == torch.bfloat16
     assert_close(got[0], ref[0], atol=5e-3, rtol=5e-2, what="loss")
     for key in ("x", "w", "b"):
@@ -114,7 +108,7 @@ def test_bf16_inputs_loose(divergence):
 def test_random_ignore_mask_and_custom_ignore_index(ignore_index):
     case = make_case(v=50, seed=2, ignore_frac=0.4, ignore_index=ignore_index)
     assert (case.y == ignore_index).any()
-    got, ref = both(case, ignore_index=ignore_index, logit_swap=True)
+    got, ref = both(case, spec=kd(logit_swap=True), ignore_index=ignore_index)
     assert_all_close(got, ref, **FP64)
 
 
@@ -122,7 +116,7 @@ def test_all_ignored_chunk():
     case = make_case(n=12, seed=3, ignore_frac=0.0)
     case.y[4:8] = -100  # exactly the second chunk of 4 rows
     for reduction in ("mean", "sum", "none"):
-        got, ref = both(case, chunk_size=4, reduction=reduction, divergence="jsd")
+        got, ref = both(case, chunk_size=4, spec=kd(divergence="jsd"), reduction=reduction)
         assert_all_close(got, ref, **FP64)
         assert torch.count_nonzero(got[2]["x"][4:8]) == 0
 
@@ -134,9 +128,8 @@ def test_all_ignored_batch_gives_zero_loss_and_zero_grads(reduction):
     loss, parts, grads = run_linear(
         losses.fused_linear_distillation_loss,
         case,
+        spec=kd(divergence="reverse_kl", logit_swap=True),
         reduction=reduction,
-        divergence="reverse_kl",
-        logit_swap=True,
     )
     assert torch.count_nonzero(loss) == 0 and not torch.isnan(loss).any()
     assert torch.count_nonzero(parts["ce"]) == 0 and torch.count_nonzero(parts["kl"]) == 0
@@ -144,27 +137,60 @@ def test_all_ignored_batch_gives_zero_loss_and_zero_grads(reduction):
         assert g is not None and torch.count_nonzero(g) == 0
 
 
+def _integer_teacher(case, *, seed: int, tied_columns=()):
+    """Replace the teacher by small-integer hidden states and head: every product and partial sum of
+    its GEMMs is an exact integer in fp32/fp64, so any GEMM kernel, blocking or summation order (MKL's
+    edge micro-kernels, chunk shapes) gives bit-identical logits. ``tied_columns`` get one shared,
+    dominant head row: exact ties at the maximum of every row."""
+    g = torch.Generator().manual_seed(seed)
+    n, ht = case.xt.shape
+    v = case.wt.shape[0]
+    xt = torch.randint(-2, 3, (n, ht), generator=g).to(case.xt.dtype)
+    xt[:, 0] = 3  # so that the dominant row below wins in every row
+    wt = torch.randint(-2, 3, (v, ht), generator=g).to(case.wt.dtype)
+    if tied_columns:
+        top = torch.zeros(ht, dtype=wt.dtype)
+        top[0] = 20  # logit 60 + 0, versus at most 3·2 + (ht−1)·4 = 26 elsewhere
+        wt[list(tied_columns)] = top
+    case.xt, case.wt = xt, wt
+    return case
+
+
 def test_label_already_the_teacher_argmax_makes_the_swap_a_no_op():
-    case = make_case(seed=6, ignore_frac=0.0)
-    with torch.no_grad():
-        case.y[:] = (case.xt @ case.wt.T).argmax(-1)
-    plain, _ = both(case, logit_swap=False)
-    swapped, ref = both(case, logit_swap=True)
+    case = _integer_teacher(make_case(seed=6, ignore_frac=0.0), seed=6)
+    zt = case.xt @ case.wt.T  # exact: the same bits as the fused loop's chunked GEMMs
+    is_unique_max = (zt == zt.max(-1, keepdim=True).values).sum(-1) == 1
+    case.y[:] = zt.argmax(-1)
+    case.y[~is_unique_max] = -100  # keep the rows whose argmax is unambiguous
+    assert (case.y != -100).sum() >= 5
+    plain, _ = both(case, spec=kd(logit_swap=False))
+    swapped, ref = both(case, spec=kd(logit_swap=True))
     assert_all_close(swapped, ref, **FP64)
     assert_all_close(swapped, plain, atol=0.0, rtol=0.0)
 
 
-def test_teacher_ties_are_resolved_to_the_first_maximum():
-    """Duplicate teacher rows in the head make exact ties in every teacher row's logits."""
-    case = make_case(v=20, seed=7, ignore_frac=0.0)
-    case.wt[3] *= 50.0  # column 3 becomes the maximum of many rows…
-    case.wt[5] = case.wt[3]  # …tied with columns 5 and 17
-    case.wt[17] = case.wt[3]
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_teacher_ties_are_resolved_to_the_first_maximum(dtype):
+    """Exact ties at the maximum (columns 3, 5, 17) built from integer-valued teacher inputs, so that
+    they are ties in every GEMM, whatever its kernel (duplicated float rows are not: MKL's edge
+    micro-kernel gives the duplicated columns different last bits on AMD EPYC)."""
+    case = _integer_teacher(
+        make_case(v=20, seed=7, ignore_frac=0.0), seed=7, tied_columns=(3, 5, 17)
+    )
     zt = case.xt @ case.wt.T
-    tied = zt.max(-1).values == zt[:, 17]
-    assert tied.sum() >= 3 and (zt.argmax(-1)[tied] == 3).all()
-    got, ref = both(case, logit_swap=True, divergence="reverse_kl")
-    assert_all_close(got, ref, atol=1e-8, rtol=1e-8)
+    assert (zt[:, 3] == zt[:, 17]).all() and (zt[:, 5] == zt[:, 3]).all()
+    assert (zt.argmax(-1) == 3).all()
+    case.y[:4] = torch.tensor(
+        [5, 17, 3, 0]
+    )  # labels on the other tied columns, the first, elsewhere
+    case = case.to(dtype)
+    tol = FP64 if dtype == torch.float64 else FP32
+    got, ref = both(case, spec=kd(logit_swap=True, divergence="reverse_kl"))
+    assert_all_close(got, ref, **tol)
+    # A label on a tied column exchanges equal values (no change); elsewhere column 3 is the one moved.
+    swapped = R.swap_teacher_logits(zt, case.y)
+    assert torch.equal(swapped[:3], zt[:3])
+    assert swapped[3, 0] == zt[3, 3] and swapped[3, 3] == zt[3, 0] and swapped[3, 5] == zt[3, 5]
 
 
 def test_swap_rows_in_place_semantics():
@@ -180,7 +206,7 @@ def test_swap_rows_in_place_semantics():
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 64, None])
 def test_vocab_and_rows_not_multiples_of_the_chunk(chunk_size):
     case = make_case(n=19, v=41, seed=9)
-    got, ref = both(case, chunk_size=chunk_size, divergence="jsd", logit_swap=True)
+    got, ref = both(case, chunk_size=chunk_size, spec=kd(divergence="jsd", logit_swap=True))
     assert_all_close(got, ref, **FP64)
 
 
@@ -190,9 +216,7 @@ def test_chunk_size_does_not_change_the_result_beyond_rounding():
         run_linear(
             losses.fused_linear_distillation_loss,
             case,
-            chunk_size=c,
-            divergence="reverse_kl",
-            logit_swap=True,
+            spec=kd(divergence="reverse_kl", logit_swap=True, chunk_size=c),
         )
         for c in (1, 5, 16, 33)
     ]
@@ -201,21 +225,14 @@ def test_chunk_size_does_not_change_the_result_beyond_rounding():
 
 
 def test_row_blocks_inside_a_chunk_do_not_change_the_result():
-    from losses._common import make_spec
+    from losses._common import row_spec
     from losses.rowwise import loss_rows_torch
 
     g = torch.Generator().manual_seed(12)
     s0, t0 = torch.randn(2, 9, 23, generator=g, dtype=torch.float64) * 3
     y = torch.randint(0, 23, (9,), generator=g)
-    spec = make_spec(
-        ce_weight=1.0,
-        kl_weight=1.0,
-        divergence="jsd",
-        beta=0.3,
-        temperature=2.0,
-        scale_by_temperature_squared=False,
-        logit_swap=True,
-        has_teacher=True,
+    spec = row_spec(
+        kd(divergence="jsd", beta=0.3, temperature=2.0, logit_swap=True), has_teacher=True
     )
     outs = []
     for block in (23, 3 * 23, 10**6):
@@ -233,19 +250,15 @@ def test_row_blocks_inside_a_chunk_do_not_change_the_result():
 def test_huge_logits_do_not_overflow(divergence):
     """Logits of order 1e4 (exp would overflow in fp32 and fp64)."""
     case = make_case(n=10, v=30, seed=13, logit_scale=1e4)
+    spec = kd(divergence=divergence, temperature=2.0, logit_swap=True)
     got = run_linear(
         losses.fused_linear_distillation_loss,
         case.to(torch.float32),
-        chunk_size=4,
-        divergence=divergence,
-        temperature=2.0,
-        logit_swap=True,
+        spec=LossSpec(**{**spec.__dict__, "chunk_size": 4}),
     )
     for t in (got[0], *got[1].values(), *got[2].values()):
         assert torch.isfinite(t).all()
-    ref = run_linear(
-        R.linear_distillation_loss, case, divergence=divergence, temperature=2.0, logit_swap=True
-    )
+    ref = run_linear(R.linear_distillation_loss, case, spec=spec)
     # fp32 logits of size 1e4 carry absolute errors of about 1e-3, so compare relatively to the scale.
     assert_close(
         got[0], ref[0], atol=1e-2 * max(1.0, ref[0].abs().item()) * 1e-2, rtol=1e-3, what="loss"
@@ -253,9 +266,21 @@ def test_huge_logits_do_not_overflow(divergence):
     assert_close(got[2]["b"], ref[2]["b"], atol=1e-3, rtol=1e-2, what="grad b")
 
 
+def test_bf16_teacher_next_to_an_fp32_student():
+    """A frozen teacher kept in bf16 while the student trains in fp32 (each head in its own dtype)."""
+    case = make_case(n=20, h=16, ht=12, v=45, seed=33).to(torch.float32)
+    case.xt, case.wt = case.xt.to(torch.bfloat16), case.wt.to(torch.bfloat16)
+    got = run_linear(
+        losses.fused_linear_distillation_loss, case, spec=kd(divergence="jsd", chunk_size=8)
+    )
+    ref = run_linear(R.linear_distillation_loss, case, spec=kd(divergence="jsd"))
+    assert got[2]["w"].dtype == torch.float32
+    assert_all_close(got, ref, atol=1e-4, rtol=1e-3)
+
+
 def test_teacher_hidden_size_differs_and_no_bias():
     case = make_case(h=12, ht=5, seed=14, bias=False)
-    got, ref = both(case, divergence="skew_reverse_kl", beta=0.2)
+    got, ref = both(case, spec=kd(divergence="skew_reverse_kl", beta=0.2))
     assert got[2]["b"] is None
     assert_all_close(got, ref, **FP64)
 
@@ -267,12 +292,19 @@ def test_batched_inputs_are_flattened_and_none_keeps_the_label_shape():
         x,
         case.w,
         case.y.reshape(3, 4),
+        spec=kd(),
         teacher_hidden=case.xt.reshape(3, 4, -1),
         teacher_weight=case.wt,
         reduction="none",
     )
     ref = R.linear_distillation_loss(
-        case.x, case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, reduction="none"
+        case.x,
+        case.w,
+        case.y,
+        spec=kd(),
+        teacher_hidden=case.xt,
+        teacher_weight=case.wt,
+        reduction="none",
     )
     assert loss.shape == (3, 4)
     torch.testing.assert_close(loss.reshape(-1), ref, **dict(atol=1e-10, rtol=1e-9))
@@ -285,10 +317,9 @@ def test_parts_add_up_to_the_loss():
     loss, parts, _ = run_linear(
         losses.fused_linear_distillation_loss,
         case,
-        ce_weight=0.3,
-        kl_weight=2.0,
-        temperature=2.0,
-        scale_by_temperature_squared=True,
+        spec=LossSpec(
+            ce_weight=0.3, kl_weight=2.0, temperature=2.0, scale_by_temperature_squared=True
+        ),
     )
     torch.testing.assert_close(loss, 0.3 * parts["ce"] + 2.0 * parts["kl"])
     assert not parts["ce"].requires_grad
@@ -296,9 +327,10 @@ def test_parts_add_up_to_the_loss():
 
 def test_pure_distillation_and_teacher_given_with_zero_kl_weight():
     case = make_case(seed=17)
-    got, ref = both(case, ce_weight=0.0, temperature=2.0, scale_by_temperature_squared=True)  # DiSC
+    disc = kd(ce_weight=0.0, temperature=2.0, scale_by_temperature_squared=True)
+    got, ref = both(case, spec=disc)
     assert_all_close(got, ref, **FP64)
-    got, ref = both(case, kl_weight=0.0)  # KL still reported, no gradient from it
+    got, ref = both(case, spec=LossSpec())  # KL still reported, no gradient from it
     assert_all_close(got, ref, **FP64)
     assert got[1]["kl"] > 0
 
@@ -321,13 +353,10 @@ def test_gradcheck_float64(reduction):
             w,
             case.y,
             student_bias=b,
+            spec=kd(divergence="jsd", temperature=2.0, logit_swap=True, chunk_size=4),
             teacher_hidden=case.xt,
             teacher_weight=case.wt,
-            divergence="jsd",
-            temperature=2.0,
-            logit_swap=True,
             reduction=reduction,
-            chunk_size=4,
             allow_retain_graph=True,
         )
 
@@ -345,16 +374,21 @@ def test_external_normalizer_accumulates_like_one_batch():
             case.x[part],
             w,
             case.y[part],
+            spec=kd(logit_swap=True),
             teacher_hidden=case.xt[part],
             teacher_weight=case.wt,
             normalizer=normalizer,
-            logit_swap=True,
         )
         loss.backward()
         total += loss.detach()
     w_one = case.w.clone().requires_grad_()
     one = losses.fused_linear_distillation_loss(
-        case.x, w_one, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, logit_swap=True
+        case.x,
+        w_one,
+        case.y,
+        spec=kd(logit_swap=True),
+        teacher_hidden=case.xt,
+        teacher_weight=case.wt,
     )
     one.backward()
     torch.testing.assert_close(total, one.detach(), atol=1e-12, rtol=1e-12)
@@ -367,17 +401,17 @@ def test_no_gradient_reaches_the_teacher_even_when_it_shares_the_student_head():
     wt = case.wt.clone().requires_grad_()
     x = case.x.clone().requires_grad_()
     losses.fused_linear_distillation_loss(
-        x, case.w, case.y, teacher_hidden=xt, teacher_weight=wt
+        x, case.w, case.y, spec=kd(), teacher_hidden=xt, teacher_weight=wt
     ).backward()
     assert xt.grad is None and wt.grad is None
     # LoRA-style teacher: the very same head tensor for both
     w = case.w.clone().requires_grad_()
     losses.fused_linear_distillation_loss(
-        case.x, w, case.y, teacher_hidden=case.xt, teacher_weight=w
+        case.x, w, case.y, spec=kd(), teacher_hidden=case.xt, teacher_weight=w
     ).backward()
     w_ref = case.w.clone().requires_grad_()
     R.linear_distillation_loss(
-        case.x, w_ref, case.y, teacher_hidden=case.xt, teacher_weight=w_ref
+        case.x, w_ref, case.y, spec=kd(), teacher_hidden=case.xt, teacher_weight=w_ref
     ).backward()
     torch.testing.assert_close(w.grad, w_ref.grad, **dict(atol=1e-10, rtol=1e-9))
 
@@ -385,11 +419,13 @@ def test_no_gradient_reaches_the_teacher_even_when_it_shares_the_student_head():
 def test_inputs_are_not_mutated():
     case = make_case(seed=21)
     before = [t.clone() for t in (case.x, case.w, case.b, case.xt, case.wt, case.y)]
-    run_linear(losses.fused_linear_distillation_loss, case, logit_swap=True, divergence="jsd")
+    run_linear(
+        losses.fused_linear_distillation_loss, case, spec=kd(logit_swap=True, divergence="jsd")
+    )
     z = (case.x @ case.w.T).requires_grad_()
     zt = case.xt @ case.wt.T
     z0, zt0 = z.detach().clone(), zt.clone()
-    losses.fused_distillation_loss(z, zt, case.y, logit_swap=True).backward()
+    losses.fused_distillation_loss(z, zt, case.y, spec=kd(logit_swap=True)).backward()
     for a, b in zip(before, (case.x, case.w, case.b, case.xt, case.wt, case.y)):
         assert torch.equal(a, b)
     assert torch.equal(z.detach(), z0) and torch.equal(zt, zt0)
@@ -399,10 +435,16 @@ def test_frozen_head_gets_no_gradient_work():
     case = make_case(seed=22)
     x = case.x.clone().requires_grad_()
     loss = losses.fused_linear_distillation_loss(
-        x, case.w, case.y, student_bias=case.b, teacher_hidden=case.xt, teacher_weight=case.wt
+        x,
+        case.w,
+        case.y,
+        spec=kd(),
+        student_bias=case.b,
+        teacher_hidden=case.xt,
+        teacher_weight=case.wt,
     )
     loss.backward()
-    ref = run_linear(R.linear_distillation_loss, case)
+    ref = run_linear(R.linear_distillation_loss, case, spec=kd())
     torch.testing.assert_close(x.grad, ref[2]["x"] / 1.7, atol=1e-10, rtol=1e-9)
 
 
@@ -410,7 +452,7 @@ def test_second_backward_needs_allow_retain_graph():
     case = make_case(seed=23)
     w = case.w.clone().requires_grad_()
     loss = losses.fused_linear_distillation_loss(
-        case.x, w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt
+        case.x, w, case.y, spec=kd(), teacher_hidden=case.xt, teacher_weight=case.wt
     )
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="allow_retain_graph"):
@@ -423,7 +465,12 @@ def test_runs_under_torch_compile():
     def step(x, w):
         return (
             losses.fused_linear_distillation_loss(
-                x, w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, logit_swap=True
+                x,
+                w,
+                case.y,
+                spec=kd(logit_swap=True),
+                teacher_hidden=case.xt,
+                teacher_weight=case.wt,
             )
             * 2.0
         )
@@ -449,21 +496,16 @@ def test_logits_variant_matches_reference(reduction, divergence):
     case = make_case(seed=25)
     zt = case.xt @ case.wt.T
     results = []
-    for fn, extra in (
-        (losses.fused_distillation_loss, dict(chunk_size=3)),
-        (R.distillation_loss, {}),
-    ):
+    spec = kd(divergence=divergence, logit_swap=True, temperature=2.0)
+    for fn, chunk in ((losses.fused_distillation_loss, 3), (R.distillation_loss, None)):
         z = (case.x @ case.w.T).requires_grad_()
         loss, parts = fn(
             z,
             zt,
             case.y,
-            divergence=divergence,
-            logit_swap=True,
-            temperature=2.0,
+            spec=LossSpec(**{**spec.__dict__, "chunk_size": chunk}),
             reduction=reduction,
             return_parts=True,
-            **extra,
         )
         loss.backward(torch.ones_like(loss) * 1.3)
         results.append((loss.detach(), parts, z.grad))
@@ -530,40 +572,61 @@ def test_cross_entropy_matches_torch_oracles_and_handles_all_ignored(backend):
 def test_clear_errors():
     case = make_case(seed=28)
     call = losses.fused_linear_distillation_loss
+    teacher = dict(teacher_hidden=case.xt, teacher_weight=case.wt)
     with pytest.raises(ValueError, match="vocabulary mismatch"):
-        call(case.x, case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt[:-1])
+        call(case.x, case.w, case.y, spec=kd(), teacher_hidden=case.xt, teacher_weight=case.wt[:-1])
     with pytest.raises(ValueError, match="hidden size"):
-        call(case.x[:, :-1], case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt)
+        call(case.x[:, :-1], case.w, case.y, spec=kd(), **teacher)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         bad = case.y.clone()
         bad[0] = 10_000
-        call(case.x, case.w, bad, teacher_hidden=case.xt, teacher_weight=case.wt)
+        call(case.x, case.w, bad, spec=kd(), **teacher)
     with pytest.raises(ValueError, match="already be shifted"):
-        call(case.x, case.w, case.y[:-1], teacher_hidden=case.xt, teacher_weight=case.wt)
+        call(case.x, case.w, case.y[:-1], spec=kd(), **teacher)
     with pytest.raises(ValueError, match="no teacher"):
-        call(case.x, case.w, case.y)
+        call(case.x, case.w, case.y, spec=kd())
     with pytest.raises(ValueError, match="normalizer"):
-        call(case.x, case.w, case.y, kl_weight=0.0, reduction="sum", normalizer=3)
-    with pytest.raises(ValueError, match="divergence"):
-        call(
-            case.x, case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, divergence="tvd"
-        )
-    with pytest.raises(ValueError, match="temperature"):
-        call(
-            case.x, case.w, case.y, teacher_hidden=case.xt, teacher_weight=case.wt, temperature=0.0
-        )
-    with pytest.raises(ValueError, match="identically 0"):
-        call(
-            case.x,
-            case.w,
-            case.y,
-            teacher_hidden=case.xt,
-            teacher_weight=case.wt,
-            divergence="skew_forward_kl",
-            beta=1.0,
-        )
+        call(case.x, case.w, case.y, reduction="sum", normalizer=3)
+    with pytest.raises(ValueError, match="spec must be a losses.LossSpec"):
+        call(case.x, case.w, case.y, spec={"kl_weight": 1.0})
     with pytest.raises(ValueError, match="cast one of them"):
-        call(case.x.float(), case.w, case.y, kl_weight=0.0)
+        call(case.x.float(), case.w, case.y)
+    with pytest.raises(ValueError, match="token_weights has shape"):
+        call(case.x, case.w, case.y, token_weights=torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="floating-point"):
+        call(case.x, case.w, case.y, token_weights=torch.ones_like(case.y))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(divergence="tvd"), "LossSpec.divergence must be one of"),
+        (dict(temperature=0.0), "LossSpec.temperature must be a finite number > 0, got 0.0"),
+        (dict(temperature=-1), "LossSpec.temperature must be a finite number > 0, got -1"),
+        (dict(temperature=float("inf")), "LossSpec.temperature"),
+        (dict(ce_weight=float("nan")), "LossSpec.ce_weight must be a finite number"),
+        (dict(kl_weight="1"), "LossSpec.kl_weight must be a finite number"),
+        (dict(beta=1.5), "LossSpec.beta must lie in"),
+        (dict(divergence="skew_forward_kl", beta=1.0), "identically 0"),
+        (dict(logit_swap=1), "LossSpec.logit_swap must be a bool"),
+        (dict(scale_by_temperature_squared="yes"), "LossSpec.scale_by_temperature_squared"),
+        (dict(chunk_size=0), "LossSpec.chunk_size must be a positive int or None"),
+        (dict(chunk_size=2.5), "LossSpec.chunk_size"),
+    ],
+)
+def test_loss_spec_validates_each_field_once(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        LossSpec(**kwargs)
+
+
+def test_loss_spec_defaults_and_uses_teacher():
+    spec = LossSpec()
+    assert (spec.ce_weight, spec.kl_weight, spec.divergence) == (1.0, 0.0, "forward_kl")
+    assert not spec.uses_teacher and LossSpec(kl_weight=0.5).uses_teacher
+    assert hash(spec) == hash(LossSpec())  # frozen, usable as a key
+    doc = LossSpec.__doc__
+    for field in spec.__dataclass_fields__:
+        assert f"    {field}:" in doc, f"Args: section lacks {field}"
 
 
 def test_triton_backend_refuses_cpu_tensors_outside_the_interpreter(monkeypatch):
@@ -571,9 +634,7 @@ def test_triton_backend_refuses_cpu_tensors_outside_the_interpreter(monkeypatch)
     monkeypatch.setattr(fused_mod, "_triton_importable", lambda: True)
     case = make_case(seed=29).to(torch.float32)
     with pytest.raises(ValueError, match="CUDA"):
-        losses.fused_linear_distillation_loss(
-            case.x, case.w, case.y, kl_weight=0.0, backend="triton"
-        )
+        losses.fused_linear_distillation_loss(case.x, case.w, case.y, backend="triton")
 
 
 def test_cuda_without_triton_falls_back_with_one_warning(monkeypatch):
@@ -588,6 +649,76 @@ def test_cuda_without_triton_falls_back_with_one_warning(monkeypatch):
     assert (
         fused_mod._row_step("auto", torch.device("cpu"), torch.float32) is fused_mod.loss_rows_torch
     )
+
+
+def test_any_triton_failure_falls_back_to_torch_with_one_warning(monkeypatch):
+    """backend="auto" on CUDA: an exception while importing/compiling/launching the kernel (not only
+    ImportError) switches to the torch row step, warning once with the error's name."""
+    import losses.triton_kernels as K
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PTX assembly aborted (simulated)")
+
+    monkeypatch.setattr(fused_mod, "_triton_importable", lambda: True)
+    monkeypatch.setattr(K, "loss_rows_triton", broken)
+    monkeypatch.setattr(fused_mod, "_TRITON_FAILURE", [])
+    step = fused_mod._row_step("auto", torch.device("cuda"), torch.bfloat16)
+    assert step is fused_mod._triton_or_torch_row_step
+    spec = row_spec(kd(divergence="jsd", temperature=2.0), has_teacher=True)
+    g = torch.Generator().manual_seed(30)
+    s, t = torch.randn(2, 5, 11, generator=g)
+    y = torch.randint(0, 11, (5,), generator=g)
+    expected_s = s.clone()
+    expected = loss_rows_torch(expected_s, t.clone(), y, spec, 0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            s_run = s.clone()
+            got = step(s_run, t.clone(), y, spec, 0.5)
+            torch.testing.assert_close(got, expected, atol=0, rtol=0)
+            torch.testing.assert_close(s_run, expected_s, atol=0, rtol=0)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "RuntimeError: PTX assembly aborted" in messages[0]
+    # An explicit backend="triton" never hides errors behind the fallback.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert fused_mod._row_step("triton", torch.device("cpu"), torch.float32) is broken
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "jsd"])
+def test_autocast_uses_the_autocast_dtype_explicitly(divergence):
+    """Under CPU bf16 autocast: bf16 inputs give exactly the result without autocast (no silent fp32
+    GEMMs, no crash); fp32 inputs are cast to bf16 once, as an explicit bf16 call does."""
+    case = make_case(n=24, h=16, ht=16, v=45, seed=31)
+    spec = kd(divergence=divergence, logit_swap=True, chunk_size=8)
+    low = case.to(torch.bfloat16)
+    plain = run_linear(losses.fused_linear_distillation_loss, low, spec=spec)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = run_linear(losses.fused_linear_distillation_loss, low, spec=spec)
+    assert_all_close(under, plain, atol=0.0, rtol=0.0)
+    assert under[2]["w"].dtype == torch.bfloat16
+    full = case.to(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = run_linear(losses.fused_linear_distillation_loss, full, spec=spec)
+    assert cast[2]["w"].dtype == torch.float32  # the gradient flows back through the cast
+    assert_close(cast[0], plain[0], atol=0.0, rtol=0.0, what="loss")
+    for key in ("x", "w", "b"):
+        assert_close(cast[2][key], plain[2][key].float(), atol=0.0, rtol=0.0, what=key)
+    # the logits variant under autocast: logits used in their own dtype
+    z = (full.x @ full.w.T).detach()
+    zt = full.xt @ full.wt.T
+    ref = losses.fused_distillation_loss(z, zt, full.y, spec=spec)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = losses.fused_distillation_loss(z, zt, full.y, spec=spec)
+    assert got.dtype == torch.float32 and torch.equal(got, ref)
+
+
+def test_cross_entropy_under_autocast_matches_explicit_bf16():
+    case = make_case(n=16, seed=32).to(torch.float32)
+    low = case.to(torch.bfloat16)
+    plain = losses.fused_linear_cross_entropy(low.x, low.w, low.y, low.b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = losses.fused_linear_cross_entropy(case.x, case.w, case.y, case.b)
+    assert torch.equal(under, plain)
 
 
 def test_importing_losses_loads_neither_triton_nor_dynamo():

@@ -39,7 +39,7 @@ PAIR = dict(
         ),
         (dict(loss_type="robust"), -_logsigmoid(0.15)),
         (dict(loss_type="hinge"), 1 - 0.15),
-        (dict(loss_type="ipo"), (1.5 - 1 / (2 * 0.1)) ** 2),
+        (dict(loss_type="ipo", average_log_prob=True), (1.5 - 1 / (2 * 0.1)) ** 2),
         (dict(loss_type="sigmoid", reference_free=True), -_logsigmoid(0.2)),
         (dict(loss_type="hinge", beta=1.0), 0.0),
     ],
@@ -81,6 +81,27 @@ def test_dpo_argument_errors():
         losses.dpo_loss(**PAIR, label_smoothing=0.5)
     with pytest.raises(ValueError, match="label_smoothing applies"):
         losses.dpo_loss(**PAIR, loss_type="ipo", label_smoothing=0.1)
+
+
+def test_ipo_requires_length_averaged_log_probs():
+    """IPO's margin target 1/(2β) is defined on length-averaged log-probs (TRL); summed ones would
+    silently optimize another objective, so the caller must say which it passes."""
+    with pytest.raises(ValueError, match=r"sequence_log_probs\(\.\.\., average=True\)"):
+        losses.dpo_loss(**PAIR, loss_type="ipo")
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(4, 6, 8, generator=g)
+    labels = torch.randint(0, 17, (4, 6), generator=g)
+    labels[:, :2] = -100
+    labels[1, 2:4] = -100  # sequences of different lengths
+    w = torch.randn(17, 8, generator=g) * 0.5
+    summed = losses.sequence_log_probs(hidden, w, labels)
+    averaged = losses.sequence_log_probs(hidden, w, labels, average=True)
+    torch.testing.assert_close(averaged, summed / (labels != -100).sum(-1))
+    out = losses.dpo_loss(
+        averaged[:2], averaged[2:], reference_free=True, loss_type="ipo", average_log_prob=True
+    )
+    margin = averaged[:2] - averaged[2:]
+    torch.testing.assert_close(out.loss, ((margin - 1 / (2 * 0.1)) ** 2).mean())
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])

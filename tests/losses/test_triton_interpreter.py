@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import losses
+from losses import LossSpec
 from losses import reference as R
-from losses._common import make_spec
+from losses._common import row_spec
 from losses.rowwise import loss_rows_torch
 from tests.losses.helpers import assert_all_close, make_case, run_linear
 
@@ -34,7 +35,7 @@ TOL = dict(atol=2e-6, rtol=2e-5)
 def _spec(
     divergence="forward_kl", *, teacher=True, swap=True, tau=2.0, ce_weight=0.7, kl_weight=1.3
 ):
-    return make_spec(
+    spec = LossSpec(
         ce_weight=ce_weight,
         kl_weight=kl_weight if teacher else 0.0,
         divergence=divergence,
@@ -42,8 +43,8 @@ def _spec(
         temperature=tau,
         scale_by_temperature_squared=True,
         logit_swap=swap,
-        has_teacher=teacher,
     )
+    return row_spec(spec, has_teacher=teacher)
 
 
 def _rows(n=4, v=37, seed=0, scale=3.0):
@@ -126,15 +127,14 @@ def test_row_offsets_are_int64():
 
 def test_fused_loss_with_the_triton_backend_matches_the_reference():
     case = make_case(n=9, h=8, ht=5, v=37, seed=6, ignore_frac=0.3)
-    kwargs = dict(divergence="jsd", beta=0.3, temperature=2.0, logit_swap=True)
+    spec = LossSpec(kl_weight=1.0, divergence="jsd", beta=0.3, temperature=2.0, logit_swap=True)
     got = run_linear(
         losses.fused_linear_distillation_loss,
         case.to(torch.float32),
-        chunk_size=4,
+        spec=LossSpec(**{**spec.__dict__, "chunk_size": 4}),
         backend="triton",
-        **kwargs,
     )
-    ref = run_linear(R.linear_distillation_loss, case, **kwargs)
+    ref = run_linear(R.linear_distillation_loss, case, spec=spec)
     assert_all_close(got, ref, atol=1e-5, rtol=5e-4)
 
 
@@ -148,3 +148,116 @@ def test_fused_cross_entropy_with_the_triton_backend():
     ref.backward()
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=5e-4)
     torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=5e-4)
+
+
+def test_strided_labels_are_read_with_their_stride():
+    """A strided label view (labels[::2]) used to be read as if contiguous: a silently wrong loss."""
+    s, t, y = _rows(n=5, v=37, seed=8)
+    spread = torch.full((10,), 36, dtype=torch.int64, device=DEVICE)  # the wrong neighbours
+    spread[::2] = y
+    strided = spread[::2]
+    assert strided.stride(0) == 2
+    s_a, s_b = s.clone(), s.clone()
+    ce_a, kl_a = K.loss_rows_triton(s_a, t, y, _spec("jsd"), 1.0, block_v=16)
+    ce_b, kl_b = K.loss_rows_triton(s_b, t, strided, _spec("jsd"), 1.0, block_v=16)
+    torch.testing.assert_close(ce_b, ce_a, atol=0, rtol=0)
+    torch.testing.assert_close(kl_b, kl_a, atol=0, rtol=0)
+    torch.testing.assert_close(s_b, s_a, atol=0, rtol=0)
+
+
+def test_fused_loss_with_strided_labels_and_the_triton_backend():
+    case = make_case(n=9, h=8, ht=5, v=37, seed=9, ignore_frac=0.3).to(torch.float32)
+    spread = torch.full((18,), 36, dtype=torch.int64)
+    spread[::2] = case.y
+    spec = LossSpec(kl_weight=1.0, divergence="reverse_kl", logit_swap=True, chunk_size=4)
+    got = losses.fused_linear_distillation_loss(
+        case.x, case.w, spread[::2], spec=spec, teacher_hidden=case.xt, teacher_weight=case.wt,
+        backend="triton",
+    )  # fmt: skip
+    ref = R.linear_distillation_loss(
+        case.x, case.w, case.y, spec=spec, teacher_hidden=case.xt, teacher_weight=case.wt
+    )
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=5e-4)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy, in discarded branches
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+@pytest.mark.parametrize(
+    "divergence", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"]
+)
+def test_leading_all_minus_inf_block_is_not_nan(divergence):
+    """The first BLOCK columns −inf in both logit sets (a masked vocabulary): the online softmax used
+    to compute exp(−inf − (−inf)) = NaN. The result must be the loss on the remaining columns."""
+    block, v = 16, 37
+    s, t, y = _rows(n=4, v=v, seed=10)
+    y = y.clamp(min=block)  # labels outside the masked block
+    s[:, :block] = float("-inf")
+    t[:, :block] = float("-inf")
+    s_kernel = s.clone()
+    ce, kl = K.loss_rows_triton(s_kernel, t, y, _spec(divergence), 0.5, block_v=block)
+    s_ref = s[:, block:].clone()
+    ce_ref, kl_ref = loss_rows_torch(s_ref, t[:, block:].clone(), y - block, _spec(divergence), 0.5)
+    for a in (ce, kl, s_kernel):
+        assert torch.isfinite(a).all()
+    torch.testing.assert_close(ce, ce_ref, **TOL)
+    torch.testing.assert_close(kl, kl_ref, **TOL)
+    torch.testing.assert_close(s_kernel[:, block:], s_ref, **TOL)
+    assert torch.count_nonzero(s_kernel[:, :block]) == 0  # masked columns get no gradient
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize(
+    "divergence", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"]
+)
+def test_minus_inf_bias_masks_columns_in_the_fused_loss(backend, divergence):
+    """A bias of −inf on the first 16 columns of both heads equals the loss on the other columns."""
+    block = 16
+    case = make_case(n=9, h=8, ht=5, v=37, seed=11, ignore_frac=0.2).to(torch.float32)
+    case.y[case.y != -100] = case.y[case.y != -100].clamp(min=block)
+    bias = case.b.clone()
+    bias[:block] = float("-inf")
+    spec = LossSpec(
+        kl_weight=1.0, divergence=divergence, temperature=0.5, logit_swap=True, chunk_size=4
+    )
+    x = case.x.clone().requires_grad_()
+    loss = losses.fused_linear_distillation_loss(
+        x, case.w, case.y, spec=spec, student_bias=bias, teacher_hidden=case.xt,
+        teacher_weight=case.wt, teacher_bias=bias, backend=backend,
+    )  # fmt: skip
+    loss.backward()
+    y_ref = torch.where(case.y == -100, case.y, case.y - block)
+    x_ref = case.x.clone().requires_grad_()
+    ref = R.linear_distillation_loss(
+        x_ref, case.w[block:], y_ref, spec=spec, student_bias=case.b[block:],
+        teacher_hidden=case.xt, teacher_weight=case.wt[block:], teacher_bias=case.b[block:],
+    )  # fmt: skip
+    ref.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=5e-4)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=5e-4)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize(
+    "divergence", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"]
+)
+def test_token_weights_with_the_triton_backend(divergence, reduction):
+    case = make_case(n=9, h=8, ht=5, v=37, seed=12, ignore_frac=0.3)
+    g = torch.Generator().manual_seed(12)
+    w = torch.rand(9, generator=g, dtype=torch.float64) * 2
+    w[3] = 0.0
+    spec = LossSpec(
+        kl_weight=1.0, divergence=divergence, beta=0.2, temperature=2.0, logit_swap=True
+    )
+    got = run_linear(
+        losses.fused_linear_distillation_loss,
+        case.to(torch.float32),
+        spec=LossSpec(**{**spec.__dict__, "chunk_size": 4}),
+        token_weights=w.float(),
+        reduction=reduction,
+        backend="triton",
+    )
+    ref = run_linear(
+        R.linear_distillation_loss, case, spec=spec, token_weights=w, reduction=reduction
+    )
+    assert_all_close(got, ref, atol=1e-5, rtol=5e-4)

@@ -58,6 +58,15 @@ METHODS: list[MethodCase] = [
         ),
         has_teacher=True,
     ),
+    MethodCase(
+        "causal_lm+lora+adapters_disabled_teacher",
+        causal_lm(
+            "    lora: {r: 4, alpha: 8, dropout: 0.0}\n"
+            "    teacher: {kind: adapters_disabled}\n"
+            "    loss: {ce_weight: 1.0, kl_weight: 1.0, divergence: jsd, beta: 0.5}\n"
+        ),
+        has_teacher=True,
+    ),
 ]
 
 PRETRAINING_DATA = """\

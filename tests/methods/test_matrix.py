@@ -144,7 +144,12 @@ def test_mid_epoch_resume_replays_the_uninterrupted_run(case, tmp_path, tiny_tok
 
 
 def launch(
-    case: MethodCase, out: Path, tokenizer_dir: Path, strategy: dict | None, batch: int
+    case: MethodCase,
+    out: Path,
+    tokenizer_dir: Path,
+    strategy: dict | None,
+    batch: int,
+    accelerator: str = "cpu",
 ) -> None:
     """`python -m experiments fit` as a subprocess (DDP and FSDP2 re-launch it per rank)."""
     overlay = recorder_overlay(out)
@@ -163,7 +168,8 @@ def launch(
     ]
     if strategy is not None:
         strategy_file = out / "strategy.yaml"
-        strategy_file.write_text(yaml.safe_dump({"trainer": {"strategy": strategy, "devices": 2}}))
+        trainer = {"strategy": strategy, "devices": 2, "accelerator": accelerator}
+        strategy_file.write_text(yaml.safe_dump({"trainer": trainer}))
         args += ["--config", str(strategy_file)]
     env = {
         **os.environ,
@@ -200,3 +206,25 @@ def test_two_processes_match_one(case, strategy, tmp_path, tiny_tokenizer_dir) -
     expected = "DTensor" if strategy is FSDP2 else "Parameter"
     assert all(entry["head"] == {expected} for entry in two.values())  # really sharded
     assert_same_grads(tmp_path / "single", tmp_path / "two", rtol=1e-4)
+
+
+FSDP1 = {
+    "class_path": "lightning.pytorch.strategies.FSDPStrategy",
+    "init_args": {
+        "auto_wrap_policy": ["transformers.models.llama.modeling_llama.LlamaDecoderLayer"],
+        "sharding_strategy": "FULL_SHARD",
+    },
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("case", CASES)
+def test_fsdp1_on_gpus_matches_one_process(case, tmp_path, tiny_tokenizer_dir) -> None:
+    """FSDP1 (decoder layers wrapped, the head in the root unit) on 2 GPUs: same losses as 1 CPU."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices")
+    launch(case, tmp_path / "single", tiny_tokenizer_dir, None, batch=4)
+    launch(case, tmp_path / "fsdp1", tiny_tokenizer_dir, FSDP1, batch=2, accelerator="gpu")
+    assert_same_run(read_run(tmp_path / "single"), read_run(tmp_path / "fsdp1"), rel=1e-4)

@@ -37,7 +37,7 @@ DATE = re.compile(r"(?P<month>[A-Z][a-z]+) (?P<day>\d{1,2}), (?P<year>\d{4})")
 
 
 def _all_records(world: World) -> dict[str, list[dict]]:
-    return {name: world.render(name) for name in world.split_names}
+    return {name: render_split(world, name) for name in SPLITS}
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
@@ -59,7 +59,7 @@ def test_same_seed_same_world_different_seed_different() -> None:
     assert _all_records(a) == _all_records(b)
     c = build_world(small_config(seed=4))
     assert [e.name for e in c.entities] != [e.name for e in a.entities]
-    assert c.render("general_documents") != a.render("general_documents")
+    assert render_split(c, "general_documents") != render_split(a, "general_documents")
 
 
 def test_does_not_touch_global_random_state() -> None:
@@ -68,7 +68,7 @@ def test_does_not_touch_global_random_state() -> None:
     random.seed(123)
     expected = random.random()
     random.seed(123)
-    build_world(small_config()).render("general_documents")
+    render_split(build_world(small_config()), "general_documents")
     assert random.random() == expected
 
 
@@ -115,15 +115,17 @@ def test_entities_are_stable_under_size_and_attribute_changes(small_world: World
     for full, subset in zip(small_world.entities, fewer_attributes.entities):
         assert subset.name == full.name
         assert subset.attributes == {a: full.attributes[a] for a in ("major", "employer")}
-    assert fewer_attributes.render("qa_eval_domain") == [
-        r for r in small_world.render("qa_eval_domain") if r["attribute"] in ("major", "employer")
+    assert render_split(fewer_attributes, "qa_eval_domain") == [
+        r
+        for r in render_split(small_world, "qa_eval_domain")
+        if r["attribute"] in ("major", "employer")
     ]
 
 
 def test_biographies_state_every_fact_once_per_sentence(small_world: World) -> None:
     config = small_world.config
     for group, split in (("general", "general_documents"), ("domain", "domain_documents")):
-        docs = [r["text"] for r in small_world.render(split)]
+        docs = [r["text"] for r in render_split(small_world, split)]
         entities = small_world.entities_of(group)
         assert len(docs) == len(entities) * config.train_paraphrases
         for i, entity in enumerate(entities):
@@ -159,8 +161,8 @@ def test_eval_answers_are_the_facts_and_appear_in_every_training_biography(
 ) -> None:
     by_name = {e.name: e for e in small_world.entities}
     for group in ("general", "domain"):
-        docs = [r["text"] for r in small_world.render(f"{group}_documents")]
-        records = small_world.render(f"qa_eval_{group}")
+        docs = [r["text"] for r in render_split(small_world, f"{group}_documents")]
+        records = render_split(small_world, f"qa_eval_{group}")
         expected = len(small_world.entities_of(group)) * len(ATTRIBUTES) * 2
         assert len(records) == expected
         for record in records:
@@ -176,7 +178,7 @@ def test_eval_answers_are_the_facts_and_appear_in_every_training_biography(
 
 
 def test_general_qa_uses_training_templates_and_chat_format(small_world: World) -> None:
-    texts = [r["text"] for r in small_world.render("general_qa")]
+    texts = [r["text"] for r in render_split(small_world, "general_qa")]
     general = small_world.general_entities
     n_train = sum(len(small_world.question_templates(a, "train")) for a in ATTRIBUTES)
     assert len(texts) == len(general) * n_train
@@ -206,12 +208,12 @@ def test_heldout_templates_never_appear_in_training_splits(small_world: World) -
         _template_regex(t) for a in ATTRIBUTES for t in small_world.question_templates(a, "train")
     ]
     for split in ("general_documents", "domain_documents"):
-        for record in small_world.render(split):
+        for record in render_split(small_world, split):
             for sentence in _sentences(record["text"]):
                 assert any(p.fullmatch(sentence) for p in train_bio), sentence
                 assert not any(p.fullmatch(sentence) for p in heldout_bio), sentence
     for split in ("heldout_general_documents", "heldout_domain_documents"):
-        records = small_world.render(split)
+        records = render_split(small_world, split)
         assert (
             len(records) == len(small_world.entities) // 2 * small_world.config.heldout_paraphrases
         )
@@ -219,12 +221,12 @@ def test_heldout_templates_never_appear_in_training_splits(small_world: World) -
             for sentence in _sentences(record["text"]):
                 assert any(p.fullmatch(sentence) for p in heldout_bio), sentence
                 assert not any(p.fullmatch(sentence) for p in train_bio), sentence
-    for record in small_world.render("general_qa"):
+    for record in render_split(small_world, "general_qa"):
         question = record["text"].split("<|assistant|>")[0].removeprefix("<|user|>")
         assert any(p.fullmatch(question) for p in train_q)
         assert not any(p.fullmatch(question) for p in heldout_q), question
     for split in ("qa_eval_general", "qa_eval_domain"):
-        for record in small_world.render(split):
+        for record in render_split(small_world, split):
             assert any(p.fullmatch(record["question"]) for p in heldout_q)
             assert not any(p.fullmatch(record["question"]) for p in train_q), record["question"]
 

@@ -7,13 +7,19 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from common import atomic as atomic_module
 from common.errors import DataError
-from datamodules.world import SPLITS, WorldArtifacts, materialize_world, world_fingerprint
+from datamodules.world import (
+    SPLITS,
+    WorldArtifacts,
+    materialize_world,
+    render_split,
+    world_fingerprint,
+)
 from datamodules.world import materialize as materialize_module
 
 from .conftest import file_bytes, small_config
@@ -38,7 +44,7 @@ def test_layout_and_stats(small_artifacts: WorldArtifacts, tmp_path: Path) -> No
         tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
         assert tokens == small_artifacts.stats["splits"][name]["tokens"]
     world = small_artifacts.load_world()
-    assert world.render("qa_eval_domain") == small_artifacts.read_split("qa_eval_domain")
+    assert render_split(world, "qa_eval_domain") == small_artifacts.read_split("qa_eval_domain")
     with pytest.raises(DataError, match="world:bogus: unknown world split"):
         small_artifacts.split_path("bogus")
 
@@ -108,12 +114,13 @@ def test_incomplete_world_directory_is_rebuilt_and_stale_temps_removed(tmp_path:
     partial = tmp_path / f"world-{fingerprint}"
     partial.mkdir()
     (partial / "general_documents.jsonl").write_text('{"text": "half')
-    stale = tmp_path / f".world-{fingerprint}.tmp-12345-abc"
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no longer runs: its staging directory is an orphan
+    host = atomic_module._host_tag()
+    stale = tmp_path / f".tmp-world-{fingerprint}-{child.pid}-{host}dead"
     stale.mkdir()
     (stale / "general_qa.jsonl").write_text("")
-    old = time.time() - 2 * materialize_module.STALE_TEMP_SECONDS
-    os.utime(stale, (old, old))
-    fresh = tmp_path / f".world-{fingerprint}.tmp-{os.getpid()}-busy"  # another builder, now
+    fresh = tmp_path / f".tmp-world-{fingerprint}-{os.getpid()}-{host}beef"  # a live builder
     fresh.mkdir()
 
     built = materialize_world(small_config(), tmp_path)

@@ -1,0 +1,398 @@
+"""Knowledge evaluation of any causal LM: greedy exact match on QA sets, held-out perplexity.
+
+Exact match on questions about the new-domain entities measures what continual pre-training taught;
+exact match on the general entities and perplexity on held-out general text measure what it cost
+(forgetting). Everything here is model-agnostic (a transformers causal LM and its tokenizer); the
+training callback (`callbacks.knowledge_eval`) and the command (`python -m experiments evaluate`)
+both call `evaluation_sums` and `metrics_from_sums`, so they report the same numbers.
+
+Metric names: `knowledge/qa_em/<set>`, `knowledge/qa_em/<set>/<attribute>`, `knowledge/ppl/<set>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common import IGNORE_INDEX
+from common.errors import DataError
+from common.jsonl import read_jsonl
+from common.text import normalize_answer
+from lightning_modules.modeling import decoder_hidden_states, output_head
+from losses import fused_linear_cross_entropy
+
+log = logging.getLogger(__name__)
+
+QA_FIELDS = ("prompt", "answer", "entity", "attribute")
+
+Slot = tuple[str, str, str, str]
+"""A summed quantity: `(kind, set name, attribute or "", field)`, e.g. `("qa", "domain", "born", "correct")`."""
+
+
+@dataclass(frozen=True)
+class QARecord:
+    """One question: the model continues `prompt`; the continuation must equal `answer`."""
+
+    prompt: str
+    answer: str
+    entity: str
+    attribute: str
+
+
+def load_qa_records(path: str | Path) -> list[QARecord]:
+    """Read a QA JSONL file of `{"prompt", "answer", "entity", "attribute"}` string records."""
+    records = []
+    for number, record in read_jsonl(path):
+        for field in QA_FIELDS:
+            if field not in record:
+                raise DataError(
+                    path,
+                    f"missing field '{field}' (QA records need {list(QA_FIELDS)})",
+                    line=number,
+                )
+            if not isinstance(record[field], str):
+                kind = type(record[field]).__name__
+                raise DataError(path, f"field '{field}' must be a string, got {kind}", line=number)
+        if not record["prompt"] or not normalize_answer(record["answer"]):
+            raise DataError(path, "fields 'prompt' and 'answer' must not be empty", line=number)
+        records.append(QARecord(*(record[field] for field in QA_FIELDS)))
+    return records
+
+
+def load_texts(path: str | Path) -> list[str]:
+    """Read a JSONL file of `{"text"}` records; empty texts are skipped and counted in the log."""
+    texts, skipped = [], 0
+    for number, record in read_jsonl(path):
+        if "text" not in record:
+            raise DataError(path, "missing field 'text'", line=number)
+        if not isinstance(record["text"], str):
+            raise DataError(
+                path,
+                f"field 'text' must be a string, got {type(record['text']).__name__}",
+                line=number,
+            )
+        if record["text"].strip():
+            texts.append(record["text"])
+        else:
+            skipped += 1
+    if skipped:
+        log.warning("%s: skipped %d empty text record(s)", path, skipped)
+    if not texts:
+        raise DataError(path, "no non-empty text records")
+    return texts
+
+
+def subsample(records: Sequence[QARecord], limit: int | None, seed: int = 0) -> list[QARecord]:
+    """At most `limit` records: a fixed random subset (in file order), or all of them."""
+    if limit is None or len(records) <= limit:
+        return list(records)
+    keep = sorted(random.Random(seed).sample(range(len(records)), limit))
+    return [records[i] for i in keep]
+
+
+def special_ids(tokenizer: Any) -> tuple[int, int]:
+    """`(eos_id, pad_id)`; padding falls back to EOS (padded positions are masked anyway)."""
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError(
+            "the tokenizer has no eos_token; knowledge evaluation stops generation and ends "
+            "documents at EOS"
+        )
+    pad_id = tokenizer.pad_token_id
+    return eos_id, eos_id if pad_id is None else pad_id
+
+
+def model_max_length(model: nn.Module) -> int | None:
+    """The model's context (`config.max_position_embeddings`), or None when it has none."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first) so padding stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy continuations of `prompts`, decoded without the prompt, cut at the first EOS.
+
+    Prompts are batched by length and left-padded (real tokens right before the continuation);
+    `generate` derives position ids from the attention mask, so a padded prompt gets the same
+    continuation as the prompt alone.
+    """
+    from transformers import GenerationConfig
+
+    eos_id, pad_id = special_ids(tokenizer)
+    device = _device_of(model)
+    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    outputs: list[str] = [""] * len(prompts)
+    for batch in _batches_by_length([len(ids) for ids in encoded], batch_size):
+        width = max(len(encoded[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids = encoded[index]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
+        generated = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            generation_config=config,
+        )
+        for row, index in enumerate(batch):
+            continuation = generated[row, width:].tolist()
+            if eos_id in continuation:
+                continuation = continuation[: continuation.index(eos_id)]
+            outputs[index] = tokenizer.decode(continuation, skip_special_tokens=True)
+    return outputs
+
+
+def perplexity_chunks(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text with EOS appended, cut into windows of at most `max_length` tokens.
+
+    Consecutive windows overlap by one token, so every token after a document's first is predicted
+    exactly once: a document of `n` tokens (EOS included) has `n - 1` targets however it is cut.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 to predict anything, got {max_length}")
+    eos_id, _ = special_ids(tokenizer)
+    chunks = []
+    for text in texts:
+        ids = [*tokenizer(text)["input_ids"], eos_id]
+        start = 0
+        while True:
+            chunks.append(ids[start : start + max_length])
+            if start + max_length >= len(ids):
+                break
+            start += max_length - 1
+    return [chunk for chunk in chunks if len(chunk) >= 2]
+
+
+@torch.no_grad()
+def chunks_nll(
+    model: nn.Module,
+    chunks: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 32,
+    pad_id: int = 0,
+    counted: Sequence[bool] | None = None,
+) -> tuple[float, int]:
+    """`(summed NLL in nats, predicted tokens)` over the `chunks` flagged in `counted` (default all).
+
+    Right-padded batches go through the decoder to final hidden states and the fused linear
+    cross-entropy (`losses.fused_linear_cross_entropy`), never a full `[B, L, V]` logits tensor.
+    Uncounted chunks (shard padding) run like the others, with every label ignored.
+    """
+    device = _device_of(model)
+    flags = list(counted) if counted is not None else [True] * len(chunks)
+    total, tokens = [], 0
+    for batch in _batches_by_length([len(chunk) for chunk in chunks], batch_size):
+        width = max(len(chunks[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids = torch.tensor(chunks[index])
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+            if flags[index]:
+                labels[row, : len(ids)] = ids
+                tokens += len(ids) - 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        hidden = decoder_hidden_states(model, input_ids, attention_mask=attention_mask)
+        weight, bias = output_head(model)
+        nll = fused_linear_cross_entropy(
+            hidden[:, :-1], weight, labels[:, 1:].to(device), bias, reduction="sum"
+        )
+        total.append(float(nll))
+    return math.fsum(total), tokens
+
+
+def heldout_nll(
+    model: nn.Module, tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int = 32
+) -> tuple[float, int]:
+    """Token-weighted held-out loss of `texts`: `(total NLL, total predicted tokens)`; perplexity is
+    `exp(total NLL / total tokens)`."""
+    _, pad_id = special_ids(tokenizer)
+    chunks = perplexity_chunks(tokenizer, texts, max_length)
+    return chunks_nll(model, chunks, batch_size=batch_size, pad_id=pad_id)
+
+
+def shard(n_items: int, rank: int, world_size: int) -> tuple[list[int], list[bool]]:
+    """Rank `rank`'s indices (`rank::world_size`) and whether each counts.
+
+    Shards are padded with index 0 (flagged `False`, not counted) so that every rank runs the same
+    number of batches (generation and forward passes stay in step across ranks).
+    """
+    indices = list(range(rank, n_items, world_size))
+    counted = [True] * len(indices)
+    per_rank = math.ceil(n_items / world_size)
+    indices += [0] * (per_rank - len(indices))
+    counted += [False] * (per_rank - len(counted))
+    return indices, counted
+
+
+def evaluation_sums(
+    model: nn.Module,
+    tokenizer: Any,
+    qa_sets: Mapping[str, Sequence[QARecord]],
+    text_sets: Mapping[str, Sequence[str]],
+    *,
+    max_length: int,
+    max_new_tokens: int = 16,
+    batch_size: int = 32,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[Slot, float]:
+    """This rank's shard of every set, as summed quantities (add them over ranks, then score).
+
+    QA: `correct` and `total` per attribute (exact match after `common.text.normalize_answer`);
+    text: `nll` and `tokens`. The caller provides eval mode, `no_grad` and autocast.
+    """
+    sums: dict[Slot, float] = {}
+    for name, records in qa_sets.items():
+        indices, counted = shard(len(records), rank, world_size)
+        predictions = greedy_generate(
+            model,
+            tokenizer,
+            [records[i].prompt for i in indices],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+        for attribute in sorted({r.attribute for r in records}):
+            sums["qa", name, attribute, "correct"] = 0.0
+            sums["qa", name, attribute, "total"] = 0.0
+        for index, use, prediction in zip(indices, counted, predictions):
+            if use:
+                record = records[index]
+                sums["qa", name, record.attribute, "total"] += 1
+                sums["qa", name, record.attribute, "correct"] += float(
+                    normalize_answer(prediction) == normalize_answer(record.answer)
+                )
+    _, pad_id = special_ids(tokenizer)
+    for name, texts in text_sets.items():
+        chunks = perplexity_chunks(tokenizer, texts, max_length)
+        indices, counted = shard(len(chunks), rank, world_size)
+        nll, tokens = chunks_nll(
+            model,
+            [chunks[i] for i in indices],
+            batch_size=batch_size,
+            pad_id=pad_id,
+            counted=counted,
+        )
+        sums["ppl", name, "", "nll"] = nll
+        sums["ppl", name, "", "tokens"] = float(tokens)
+    return sums
+
+
+def metrics_from_sums(sums: Mapping[Slot, float]) -> tuple[dict[str, float], dict[str, int]]:
+    """Metrics and counts from the (rank-summed) slots of `evaluation_sums`."""
+    metrics: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    qa_sets = list(dict.fromkeys(name for kind, name, _, _ in sums if kind == "qa"))
+    for name in qa_sets:
+        attributes = [
+            a for kind, n, a, field in sums if kind == "qa" and n == name and field == "total"
+        ]
+        correct = sum(sums["qa", name, a, "correct"] for a in attributes)
+        total = sum(sums["qa", name, a, "total"] for a in attributes)
+        metrics[f"knowledge/qa_em/{name}"] = correct / total if total else float("nan")
+        counts[f"qa/{name}"] = int(total)
+        for a in attributes:
+            if sums["qa", name, a, "total"]:
+                metrics[f"knowledge/qa_em/{name}/{a}"] = (
+                    sums["qa", name, a, "correct"] / sums["qa", name, a, "total"]
+                )
+    for kind, name, _, field in sums:
+        if kind == "ppl" and field == "tokens":
+            tokens = sums["ppl", name, "", "tokens"]
+            nll = sums["ppl", name, "", "nll"]
+            metrics[f"knowledge/ppl/{name}"] = math.exp(nll / tokens) if tokens else float("nan")
+            counts[f"ppl_tokens/{name}"] = int(tokens)
+    return metrics, counts
+
+
+def evaluate_knowledge(
+    model: nn.Module,
+    tokenizer: Any,
+    qa_sets: Mapping[str, Sequence[QARecord]],
+    text_sets: Mapping[str, Sequence[str]],
+    *,
+    max_length: int | None = None,
+    max_new_tokens: int = 16,
+    batch_size: int = 32,
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Evaluate every set in one process: `(metrics, counts)` as the callback logs them.
+
+    Runs in eval mode under `torch.no_grad()` (every submodule's train flag is restored).
+    `max_length` defaults to the model's `max_position_embeddings`.
+    """
+    max_length = max_length or model_max_length(model)
+    if max_length is None:
+        raise ValueError("the model config has no max_position_embeddings; pass max_length")
+    flags = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            sums = evaluation_sums(
+                model,
+                tokenizer,
+                qa_sets,
+                text_sets,
+                max_length=max_length,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+            )
+    finally:
+        for module, training in flags.items():
+            module.training = training
+    return metrics_from_sums(sums)
+
+
+__all__ = [
+    "QA_FIELDS",
+    "QARecord",
+    "Slot",
+    "chunks_nll",
+    "evaluate_knowledge",
+    "evaluation_sums",
+    "greedy_generate",
+    "heldout_nll",
+    "load_qa_records",
+    "load_texts",
+    "metrics_from_sums",
+    "model_max_length",
+    "perplexity_chunks",
+    "shard",
+    "special_ids",
+    "subsample",
+]

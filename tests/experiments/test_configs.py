@@ -1,0 +1,135 @@
+"""Config fragments compose in any order; `!include`; every sweep names real CLI keys."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.cli import build_cli
+from experiments.include import load_yaml
+from tests.experiments.conftest import CONFIG_DIR, REPO
+
+FRAGMENT_DIRS = ("model", "data", "callbacks", "trainer")
+EXPERIMENTS = sorted(
+    p for p in CONFIG_DIR.rglob("*.yaml") if p.relative_to(CONFIG_DIR).parts[0] not in FRAGMENT_DIRS
+)
+TRAINER_OVERLAYS = sorted((CONFIG_DIR / "trainer").glob("*.yaml"))
+SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
+
+
+def resolved(args: list[str], capfd: pytest.CaptureFixture[str]) -> dict:
+    """The `--print_config` output of `fit` with `args`, as a dict."""
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["fit", *args, "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(capfd.readouterr().out)
+
+
+def test_layout_has_fragments_and_experiments() -> None:
+    for name in FRAGMENT_DIRS:
+        assert list((CONFIG_DIR / name).glob("*.yaml")), name
+    assert {p.parent.name for p in EXPERIMENTS} >= {"cpt", "demo"}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_experiments_hold_no_hardware_logger_or_inline_callbacks(experiment: Path) -> None:
+    raw = yaml.safe_load(experiment.read_text().replace("!include", ""))
+    trainer = raw.get("trainer", {})
+    overlay_keys = set()
+    for overlay in TRAINER_OVERLAYS:
+        overlay_keys |= set(yaml.safe_load(overlay.read_text())["trainer"])
+    assert not overlay_keys & set(trainer), "an experiment sets a key a trainer fragment also sets"
+    assert "logger" not in trainer
+    assert isinstance(trainer.get("callbacks", ""), str), (
+        "callbacks must name a callbacks/ fragment"
+    )
+    assert isinstance(raw["data"], str), "data must name a data/ fragment"
+
+
+@pytest.mark.parametrize(
+    ("experiment", "overlay"),
+    list(itertools.product(EXPERIMENTS, TRAINER_OVERLAYS)),
+    ids=lambda p: str(p.relative_to(CONFIG_DIR)),
+)
+def test_config_order_never_changes_a_run(experiment: Path, overlay: Path, capfd) -> None:
+    readme_order = resolved(["--config", str(overlay), "--config", str(experiment)], capfd)
+    reversed_order = resolved(["--config", str(experiment), "--config", str(overlay)], capfd)
+    assert readme_order == reversed_order
+    alone = resolved(["--config", str(experiment)], capfd)
+    # the overlay changed only the trainer keys it sets, and kept the experiment's callbacks
+    assert readme_order["trainer"]["callbacks"] == alone["trainer"]["callbacks"]
+    assert readme_order["model"] == alone["model"] and readme_order["data"] == alone["data"]
+
+
+def test_one_tiny_model_definition_shared_by_experiments(capfd) -> None:
+    tiny = load_yaml((CONFIG_DIR / "model" / "tiny_llama.yaml").read_text())
+    for name in ("cpt/world_tiny.yaml", "demo/base.yaml"):
+        printed = resolved(["--config", str(CONFIG_DIR / name)], capfd)
+        assert printed["model"]["init_args"]["model_config"] == tiny, name
+    assert sum("hidden_size" in p.read_text() for p in CONFIG_DIR.rglob("*.yaml")) == 1
+
+
+def test_include_resolves_relative_to_the_including_file(tmp_path: Path, capfd) -> None:
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    (tmp_path / "a" / "tiny.yaml").write_text("model_type: llama\nhidden_size: 8\n")
+    experiment = nested / "exp.yaml"
+    experiment.write_text(
+        (CONFIG_DIR / "cpt" / "world_tiny.yaml")
+        .read_text()
+        .replace("../model/tiny_llama.yaml", "../tiny.yaml")
+        .replace("../callbacks/cpt.yaml", str(CONFIG_DIR / "callbacks" / "cpt.yaml"))
+        .replace("../data/world_domain.yaml", str(CONFIG_DIR / "data" / "world_domain.yaml"))
+    )
+    printed = resolved(["--config", str(experiment)], capfd)
+    assert printed["model"]["init_args"]["model_config"] == {
+        "model_type": "llama",
+        "hidden_size": 8,
+    }
+    assert load_yaml("lr: 1e-3\n")["lr"] == 1e-3  # jsonargparse's float rules are kept
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.name)
+def test_every_sweep_names_cli_keys_and_a_sampled_combination_parses(
+    sweep: Path, tmp_path: Path
+) -> None:
+    spec = yaml.safe_load(sweep.read_text())
+    command = spec["command"]
+    assert "${args}" in command and command[command.index("-m") + 1] == "experiments"
+    fixed = [c for c in command if not c.startswith("${")][3:]  # after python -m experiments
+    assert fixed[0] == "fit"
+    fixed = [str(REPO / c) if c.endswith(".yaml") else c for c in fixed[1:]]
+    sampled = {}
+    for key, spec_values in spec["parameters"].items():
+        candidates = spec_values.get("values") or [spec_values.get("value", spec_values.get("min"))]
+        sampled[key] = candidates[-1]
+    combination = [f"--{key}={value}" for key, value in sampled.items()]
+    cli = build_cli(
+        [*fixed, *combination, f"--trainer.logger.init_args.save_dir={tmp_path}"], run=False
+    )
+    for key, value in sampled.items():
+        parsed = cli.config
+        for part in key.split("."):
+            parsed = parsed[part]
+        assert parsed == value, key
+
+
+def test_every_fragment_is_used_by_an_experiment() -> None:
+    """Fragments are not runnable alone: each must be reached from an experiment (run with
+    fast_dev_run in test_cli.py) or be a trainer overlay (composed with every experiment above)."""
+    text = "\n".join(p.read_text() for p in EXPERIMENTS)
+    for fragment in CONFIG_DIR.rglob("*.yaml"):
+        kind = fragment.relative_to(CONFIG_DIR).parts[0]
+        if kind in ("model", "data", "callbacks"):
+            assert f"../{kind}/{fragment.name}" in text, f"{fragment} is used by no experiment"
+
+
+def test_demo_stage_two_starts_where_stage_one_exports() -> None:
+    stage1 = yaml.safe_load((CONFIG_DIR / "callbacks" / "demo_base.yaml").read_text())
+    export = next(c for c in stage1 if c["class_path"].endswith("ExportCallback"))
+    stage2 = yaml.safe_load((CONFIG_DIR / "demo" / "cpt.yaml").read_text())
+    assert stage2["model"]["init_args"]["model_name_or_path"] == export["init_args"]["dirpath"]
+    assert "../callbacks/demo_base.yaml" in (CONFIG_DIR / "demo" / "base.yaml").read_text()
