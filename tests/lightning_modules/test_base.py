@@ -11,21 +11,7 @@ from torch.utils.data import DataLoader
 from common.errors import ConfigError
 from lightning_modules import CausalLMModule
 from lightning_modules.modeling import LoraSettings, decoder_hidden_states, output_head
-from tests.helpers import TINY_LLAMA, cpu_trainer, fixed_batch
-
-TEXTS = [
-    "Alice Varen was born in Orlin in 1987.",
-    "Bram Oster works for Kestrel Labs.",
-    "The river Tal flows to the sea.",
-    "Question: Where was Alice Varen born? Answer: Orlin.",
-]
-
-
-def make_module(tokenizer_dir, **kwargs) -> CausalLMModule:
-    kwargs.setdefault("optimizer", lambda params: torch.optim.AdamW(params, lr=1e-2))
-    module = CausalLMModule(model_config=TINY_LLAMA, tokenizer=str(tokenizer_dir), **kwargs)
-    module.configure_model()
-    return module
+from tests.helpers import TINY_LLAMA, TINY_TEXTS, cpu_trainer, fixed_batch, tiny_module
 
 
 def repeat_loader(batch, n: int) -> DataLoader:
@@ -33,15 +19,15 @@ def repeat_loader(batch, n: int) -> DataLoader:
 
 
 def test_builds_tiny_model_from_config(tiny_tokenizer_dir, tiny_tokenizer) -> None:
-    module = make_module(tiny_tokenizer_dir)
+    module = tiny_module(tiny_tokenizer_dir)
     assert module.model.config.vocab_size == len(tiny_tokenizer)
     assert module.model.config.num_hidden_layers == 2
     assert output_head(module.model)[0].shape == (len(tiny_tokenizer), 32)
 
 
 def test_loss_matches_transformers_cross_entropy(tiny_tokenizer_dir, tiny_tokenizer) -> None:
-    module = make_module(tiny_tokenizer_dir)
-    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    module = tiny_module(tiny_tokenizer_dir)
+    batch = fixed_batch(tiny_tokenizer, TINY_TEXTS)
     summed = module.compute_losses(batch)["loss"]
     tokens = (batch["labels"][:, 1:] != -100).sum()
     reference = module.model(**batch).loss  # transformers' own shifted mean CE
@@ -49,8 +35,8 @@ def test_loss_matches_transformers_cross_entropy(tiny_tokenizer_dir, tiny_tokeni
 
 
 def test_overfits_one_batch(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
-    module = make_module(tiny_tokenizer_dir, total_steps=60)
-    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    module = tiny_module(tiny_tokenizer_dir, total_steps=60)
+    batch = fixed_batch(tiny_tokenizer, TINY_TEXTS)
     with torch.no_grad():
         initial = module.compute_losses(batch)["loss"] / (batch["labels"][:, 1:] != -100).sum()
     cpu_trainer(tmp_path, max_steps=60).fit(module, repeat_loader(batch, 60))
@@ -63,10 +49,10 @@ def test_overfits_one_batch(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> Non
 def test_every_trainable_parameter_changes_after_one_step(
     tmp_path, tiny_tokenizer_dir, tiny_tokenizer
 ) -> None:
-    module = make_module(tiny_tokenizer_dir, total_steps=1)
+    module = tiny_module(tiny_tokenizer_dir, total_steps=1)
     before = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
     cpu_trainer(tmp_path, max_steps=1).fit(
-        module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 1)
+        module, repeat_loader(fixed_batch(tiny_tokenizer, TINY_TEXTS), 1)
     )
     unchanged = [
         n
@@ -77,7 +63,7 @@ def test_every_trainable_parameter_changes_after_one_step(
 
 
 def test_lora_trains_only_adapters(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
-    module = make_module(
+    module = tiny_module(
         tiny_tokenizer_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), total_steps=1
     )
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
@@ -87,7 +73,7 @@ def test_lora_trains_only_adapters(tmp_path, tiny_tokenizer_dir, tiny_tokenizer)
     }
     before = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
     cpu_trainer(tmp_path, max_steps=1).fit(
-        module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 1)
+        module, repeat_loader(fixed_batch(tiny_tokenizer, TINY_TEXTS), 1)
     )
     params = dict(module.model.named_parameters())
     assert all(torch.equal(params[n], v) for n, v in frozen.items())
@@ -96,7 +82,7 @@ def test_lora_trains_only_adapters(tmp_path, tiny_tokenizer_dir, tiny_tokenizer)
 
 
 def test_weight_decay_groups_exclude_norms_biases_and_embeddings(tiny_tokenizer_dir) -> None:
-    module = make_module(tiny_tokenizer_dir)
+    module = tiny_module(tiny_tokenizer_dir)
     decay, no_decay = module.parameter_groups()
     names = {id(p): n for n, p in module.model.named_parameters()}
     assert all("norm" not in names[id(p)] and "embed" not in names[id(p)] for p in decay["params"])
@@ -106,14 +92,14 @@ def test_weight_decay_groups_exclude_norms_biases_and_embeddings(tiny_tokenizer_
 
 def test_eight_bit_adamw_is_a_config_choice(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
     bnb = pytest.importorskip("bitsandbytes", reason="quant extra not installed")
-    module = make_module(
+    module = tiny_module(
         tiny_tokenizer_dir,
         optimizer=lambda params: bnb.optim.AdamW8bit(params, lr=1e-3),
         total_steps=2,
     )
     before = output_head(module.model)[0].detach().clone()
     cpu_trainer(tmp_path, max_steps=2).fit(
-        module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 2)
+        module, repeat_loader(fixed_batch(tiny_tokenizer, TINY_TEXTS), 2)
     )
     assert isinstance(module.trainer.optimizers[0], bnb.optim.AdamW8bit)
     assert not torch.equal(output_head(module.model)[0], before)
@@ -151,12 +137,12 @@ def test_flash_attention_without_cuda_is_a_clear_error(tiny_tokenizer_dir) -> No
 def test_loads_local_save_pretrained_directory(
     tmp_path, tiny_tokenizer_dir, tiny_tokenizer
 ) -> None:
-    source = make_module(tiny_tokenizer_dir)
+    source = tiny_module(tiny_tokenizer_dir)
     source.model.save_pretrained(tmp_path / "student")
     tiny_tokenizer.save_pretrained(tmp_path / "student")
     loaded = CausalLMModule(model_name_or_path=str(tmp_path / "student"))
     loaded.configure_model()
-    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    batch = fixed_batch(tiny_tokenizer, TINY_TEXTS)
     torch.testing.assert_close(
         loaded.compute_losses(batch)["loss"], source.compute_losses(batch)["loss"]
     )
@@ -177,11 +163,11 @@ def test_warmup_cosine_schedule_shape() -> None:
 
 
 def test_packed_documents_do_not_attend_to_each_other(tiny_tokenizer_dir, tiny_tokenizer) -> None:
-    module = make_module(tiny_tokenizer_dir)
-    first = tiny_tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"] + [
+    module = tiny_module(tiny_tokenizer_dir)
+    first = tiny_tokenizer(TINY_TEXTS[0], add_special_tokens=False)["input_ids"] + [
         tiny_tokenizer.eos_token_id
     ]
-    second = tiny_tokenizer(TEXTS[1], add_special_tokens=False)["input_ids"] + [
+    second = tiny_tokenizer(TINY_TEXTS[1], add_special_tokens=False)["input_ids"] + [
         tiny_tokenizer.eos_token_id
     ]
     pad = [tiny_tokenizer.pad_token_id] * 3
@@ -204,9 +190,9 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(
 ) -> None:
     from fsspec.implementations.local import LocalFileOpener
 
-    module = make_module(tiny_tokenizer_dir, total_steps=1)
+    module = tiny_module(tiny_tokenizer_dir, total_steps=1)
     trainer = cpu_trainer(tmp_path, max_steps=1)
-    trainer.fit(module, repeat_loader(fixed_batch(tiny_tokenizer, TEXTS), 1))
+    trainer.fit(module, repeat_loader(fixed_batch(tiny_tokenizer, TINY_TEXTS), 1))
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
     good = path.read_bytes()
@@ -229,10 +215,10 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(
     tiny_tokenizer_dir, tiny_tokenizer
 ) -> None:
-    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    batch = fixed_batch(tiny_tokenizer, TINY_TEXTS)
     results = []
     for checkpointing in (False, True):
-        module = make_module(tiny_tokenizer_dir, gradient_checkpointing=checkpointing)
+        module = tiny_module(tiny_tokenizer_dir, gradient_checkpointing=checkpointing)
         module.model.train()
         loss = module.compute_losses(batch)["loss"]
         loss.backward()

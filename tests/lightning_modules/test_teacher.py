@@ -10,25 +10,11 @@ from common import ConfigError
 from lightning_modules import CausalLMModule, LoraSettings, TeacherSettings
 from lightning_modules.modeling import decoder_hidden_states, output_head
 from losses import LossSpec
-from tests.helpers import TINY_LLAMA, cpu_trainer, fixed_batch
-
-TEXTS = [
-    "Alice Varen was born in Orlin in 1987.",
-    "Bram Oster works for Kestrel Labs.",
-    "The river Tal flows to the sea.",
-    "Question: Where was Alice Varen born? Answer: Orlin.",
-]
-
-
-def make_module(tokenizer_dir, **kwargs) -> CausalLMModule:
-    kwargs.setdefault("optimizer", lambda params: torch.optim.AdamW(params, lr=1e-2))
-    module = CausalLMModule(model_config=TINY_LLAMA, tokenizer=str(tokenizer_dir), **kwargs)
-    module.configure_model()
-    return module
+from tests.helpers import TINY_LLAMA, TINY_TEXTS, cpu_trainer, fixed_batch, tiny_module
 
 
 def distilling(tokenizer_dir, kind: str = "frozen", **kwargs) -> CausalLMModule:
-    return make_module(
+    return tiny_module(
         tokenizer_dir,
         teacher=TeacherSettings(kind=kind),
         loss=LossSpec(ce_weight=1.0, kl_weight=0.5, temperature=2.0),
@@ -41,7 +27,7 @@ def teacher_state(module: CausalLMModule) -> dict[str, torch.Tensor]:
 
 
 def fit_steps(module, tmp_path, tokenizer, steps: int = 3, ckpt_path: str | None = None):
-    batch = fixed_batch(tokenizer, TEXTS)
+    batch = fixed_batch(tokenizer, TINY_TEXTS)
     trainer = cpu_trainer(tmp_path, max_steps=steps)
     trainer.fit(module, DataLoader([batch] * steps, batch_size=None), ckpt_path=ckpt_path)
     return trainer
@@ -83,9 +69,9 @@ def test_frozen_teacher_never_changes_and_is_outside_optimizer_and_checkpoint(
 def test_kl_to_an_identical_teacher_is_zero_and_gradients_match_plain_ce(
     tiny_tokenizer_dir, tiny_tokenizer
 ) -> None:
-    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    batch = fixed_batch(tiny_tokenizer, TINY_TEXTS)
     module = distilling(tiny_tokenizer_dir)
-    plain = make_module(tiny_tokenizer_dir)
+    plain = tiny_module(tiny_tokenizer_dir)
     losses = module.compute_losses(batch)
     assert set(losses) == {"loss", "ce", "kl"}
     assert abs(float(losses["kl"])) < 1e-5
@@ -110,7 +96,7 @@ def test_teacher_is_eval_mode_without_gradients_even_while_the_student_trains(
     )
     module.configure_model()
     module.lm.train()
-    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    batch = fixed_batch(tiny_tokenizer, TINY_TEXTS)
     first = module.teacher.hidden_states(batch["input_ids"], batch["position_ids"])
     second = module.teacher.hidden_states(batch["input_ids"], batch["position_ids"])
     assert not first.requires_grad
@@ -124,19 +110,19 @@ def test_adapters_disabled_teacher_is_exactly_the_base_model(
     tiny_tokenizer_dir, tiny_tokenizer
 ) -> None:
     lora = LoraSettings(r=4, alpha=8, dropout=0.0)
-    module = make_module(
+    module = tiny_module(
         tiny_tokenizer_dir,
         lora=lora,
         teacher=TeacherSettings(kind="adapters_disabled"),
         loss=LossSpec(kl_weight=1.0),
     )
-    base = make_module(tiny_tokenizer_dir)  # same init_seed: the same base weights
+    base = tiny_module(tiny_tokenizer_dir)  # same init_seed: the same base weights
     with torch.no_grad():  # make the adapters non-trivial (LoRA's B starts at zero)
         for name, param in module.model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     module.lm.train()
-    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    batch = fixed_batch(tiny_tokenizer, TINY_TEXTS)
     teacher = module.teacher.hidden_states(batch["input_ids"], batch["position_ids"])
     with torch.no_grad():
         reference = decoder_hidden_states(base.model, batch["input_ids"], batch["position_ids"])
@@ -153,7 +139,7 @@ def test_eight_bit_teacher_is_close_to_fp32(tiny_tokenizer_dir, tiny_tokenizer) 
     """LLM.int8 with threshold 0 (every column quantized): documented tolerance on the log-probs."""
     pytest.importorskip("bitsandbytes")
     fp32 = distilling(tiny_tokenizer_dir)
-    int8 = make_module(
+    int8 = tiny_module(
         tiny_tokenizer_dir,
         teacher=TeacherSettings(kind="frozen_8bit", int8_threshold=0.0),
         loss=LossSpec(kl_weight=1.0),
@@ -161,7 +147,7 @@ def test_eight_bit_teacher_is_close_to_fp32(tiny_tokenizer_dir, tiny_tokenizer) 
     import bitsandbytes as bnb
 
     assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in int8.teacher.model.modules())
-    batch = fixed_batch(tiny_tokenizer, TEXTS)
+    batch = fixed_batch(tiny_tokenizer, TINY_TEXTS)
     outputs = []
     for module in (fp32, int8):
         hidden = module.teacher.hidden_states(batch["input_ids"], batch["position_ids"])
@@ -186,14 +172,14 @@ def test_teacher_settings_are_validated(tiny_tokenizer_dir) -> None:
 
 
 def test_teacher_from_its_own_directory(tmp_path, tiny_tokenizer_dir, tiny_tokenizer) -> None:
-    other = make_module(tiny_tokenizer_dir, init_seed=7)
+    other = tiny_module(tiny_tokenizer_dir, init_seed=7)
     other.model.save_pretrained(tmp_path / "teacher")
-    module = make_module(
+    module = tiny_module(
         tiny_tokenizer_dir,
         teacher=TeacherSettings(model_name_or_path=str(tmp_path / "teacher")),
         loss=LossSpec(kl_weight=1.0),
     )
     for name, param in module.teacher.model.named_parameters():
         assert torch.equal(param, dict(other.model.named_parameters())[name]), name
-    losses = module.compute_losses(fixed_batch(tiny_tokenizer, TEXTS))
+    losses = module.compute_losses(fixed_batch(tiny_tokenizer, TINY_TEXTS))
     assert float(losses["kl"]) > 0.0
