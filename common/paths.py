@@ -35,3 +35,9 @@ def resolve_path(path: str, *, key: str) -> str:
         )
     root = Path(next(iter(spec.submodule_search_locations)))
     return str(root / rest) if rest else str(root)
+
+
+def is_local_path(path: str) -> bool:
+    """Whether `path` names a local file or directory (existing, or written as a path) rather than a
+    hub id: offline runs can only load the former."""
+    return Path(path).expanduser().exists() or path.startswith((".", "/", "~"))

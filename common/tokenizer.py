@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
-from common.paths import resolve_path
+from common.paths import is_local_path, resolve_path
 
 
 def load_tokenizer(path: str, *, key: str, gguf_file: str | None = None) -> Any:
@@ -24,7 +24,7 @@ def load_tokenizer(path: str, *, key: str, gguf_file: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_path(path, key=key)
-    looks_local = Path(path).expanduser().exists() or path.startswith((".", "/", "~"))
+    looks_local = is_local_path(path)
     if looks_local and not Path(path).expanduser().exists():
         raise ConfigError(key, f"cannot load tokenizer {path!r}: no such directory")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from common import IGNORE_INDEX
-from lightning_modules.modeling import decoder_hidden_states, output_head
+from lightning_modules.modeling import decoder_hidden_states, decoder_layers, output_head
 from lightning_modules.teacher import Teacher
 from losses import LossSpec, fused_linear_cross_entropy, fused_linear_distillation_loss
 
@@ -138,8 +138,6 @@ def shard_with_fsdp2(
     replicated (frozen, and read by the fused loss as a matrix).
     """
     from torch.distributed.fsdp import fully_shard
-
-    from lightning_modules.modeling import decoder_layers
 
     for layer in decoder_layers(root.model):
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from common import ConfigError
-from common.paths import resolve_path
+from common.paths import is_local_path, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class ModelSource:
             return
         name = resolve_path(self.name_or_path, key=f"{key}.model_name_or_path")
         path = Path(name).expanduser()
-        looks_local = path.exists() or name.startswith((".", "/", "~")) or name != self.name_or_path
+        looks_local = is_local_path(name) or name != self.name_or_path
         if not looks_local:
             return  # a hub id: resolved (offline: from the local cache) when loading
         where = f"{key}.model_name_or_path"
