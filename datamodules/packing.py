@@ -20,11 +20,18 @@ Layouts:
 Padding: `pad_token_id`, `labels = -100`, `attention_mask = 0`, and `position_ids` counting up
 from 0 as one pseudo-segment.
 
+Masked prompts: when the store has a loss mask (a source with `prompt_field`), tokens whose mask
+is 0 (prompt tokens) also get `labels = -100`, so a segment's targets are its tokens after its first
+one whose mask is 1 (the completion). Target counts, row weights and `loss_weights` count only
+these.
+
 Loss weights ("Reductions" in `docs/design.md`): a segment of `n` tokens has `n - 1` targets (its
-first token is never predicted inside the row). `token` weighting gives every target weight 1 (no
-`loss_weights` array is emitted); `sample` weighting gives each target of a segment the float32
-weight `1 / (n - 1)`, so every segment with a target counts once. `row_weights` (float64, one per
-row, computed once per layout) is the exact sum of a row's float32 weights, so the sampler's
+first token is never predicted inside the row; with a loss mask, only those of them with mask 1).
+`token` weighting gives every target weight 1 (no `loss_weights` array is emitted); `sample`
+weighting gives each of a segment's `k` targets the float32 weight `1 / k`, so every segment with a
+target counts once (a sample without any, e.g. a prompt truncated before its completion, weighs 0
+and is counted in `PackingStats.samples_without_targets` and logged). `row_weights` (float64, one
+per row, computed once per layout) is the exact sum of a row's float32 weights, so the sampler's
 `step_weight` equals the sum of the `loss_weights` the step's batches carry.
 """
 
@@ -67,6 +74,7 @@ class PackingStats:
     overlong_policy: str
     split_documents: int  # documents spread over more than one row (kind=document)
     padding_tokens: int
+    samples_without_targets: int = 0  # kind=sample: kept samples with no target (no loss)
 
 
 def _row_pointers_from_segment_rows(segment_rows: np.ndarray, n_rows: int) -> np.ndarray:
@@ -94,6 +102,27 @@ def _split_documents(offsets: np.ndarray, max_length: int) -> tuple[np.ndarray, 
     seg_len = np.minimum(max_length, offsets[doc + 1] - seg_start)
     row_ptr = np.arange(len(doc) + 1, dtype=np.int64)
     return seg_start, seg_len, row_ptr
+
+
+_MASK_CHUNK = 1 << 24
+
+
+def _mask_counts(mask: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """`int64`: the number of nonzero `mask[lo[i]:hi[i]]` for every `i` (`lo <= hi`), from prefix
+    sums computed chunk by chunk (memory bounded whatever the store's size)."""
+    positions = np.concatenate([lo, hi]).astype(np.int64)
+    prefix = np.zeros(len(positions), dtype=np.int64)  # prefix[j] = count of nonzero mask[:q_j]
+    order = np.argsort(positions, kind="stable")
+    sorted_pos = positions[order]
+    total = 0
+    for start in range(0, len(mask), _MASK_CHUNK):
+        stop = min(start + _MASK_CHUNK, len(mask))
+        cumsum = np.cumsum(np.asarray(mask[start:stop]) != 0, dtype=np.int64)
+        a, b = np.searchsorted(sorted_pos, [start, stop], side="right")
+        prefix[order[a:b]] = total + cumsum[sorted_pos[a:b] - start - 1]
+        total += int(cumsum[-1])
+    n = len(lo)
+    return prefix[n:] - prefix[:n]
 
 
 def _greedy_pack(lengths: np.ndarray, max_length: int) -> np.ndarray:
@@ -186,11 +215,34 @@ class PackedRows:
         self.seg_start = np.ascontiguousarray(seg_start, dtype=np.int64)
         self.seg_len = np.ascontiguousarray(seg_len, dtype=np.int64)
         self.row_ptr = row_ptr
+        self.loss_mask = store.loss_mask
         real = np.add.reduceat(self.seg_len, row_ptr[:-1]) if len(row_ptr) > 1 else np.zeros(0)
         self.real_lengths = real.astype(np.int64)
         self.num_segments = np.diff(row_ptr)
-        # Targets of a row: every real token after column 0 except segment starts.
-        self.num_target_tokens = np.maximum(self.real_lengths - self.num_segments, 0)
+        # Targets of a segment: its tokens after the first (with a loss mask: those with mask 1).
+        if self.loss_mask is None:
+            self.seg_targets = self.seg_len - 1
+            # Targets of a row: every real token after column 0 except segment starts.
+            self.num_target_tokens = np.maximum(self.real_lengths - self.num_segments, 0)
+        else:
+            self.seg_targets = _mask_counts(
+                self.loss_mask, self.seg_start + 1, self.seg_start + self.seg_len
+            )
+            self.num_target_tokens = self._per_row(self.seg_targets).astype(np.int64)
+        without_targets = 0
+        if kind == "sample":
+            without_targets = int(np.count_nonzero(self.seg_targets == 0))
+            if without_targets:
+                log.warning(
+                    "source %s: %d of %d samples have no target token (%s); they add nothing to "
+                    "the loss",
+                    self.name,
+                    without_targets,
+                    len(self.seg_len),
+                    "prompt-only after truncation to max_length, or an empty completion"
+                    if self.loss_mask is not None
+                    else "a single token",
+                )
         self.row_weights = self._row_weights()
         self.stats = PackingStats(
             rows=len(self),
@@ -198,15 +250,22 @@ class PackedRows:
             overlong_policy=overlong_policy if kind == "sample" else "split",
             split_documents=split_documents,
             padding_tokens=int(len(self) * max_length - self.real_lengths.sum()),
+            samples_without_targets=without_targets,
         )
+
+    def _per_row(self, per_segment: np.ndarray) -> np.ndarray:
+        """Row totals of a per-segment array (every row has at least one segment)."""
+        if len(self) == 0:
+            return np.zeros(0, dtype=per_segment.dtype)
+        return np.add.reduceat(per_segment, self.row_ptr[:-1])
 
     def _row_weights(self) -> np.ndarray:
         """`float64[rows]`: the exact total of every row's float32 loss weights."""
         if self.loss_weighting == "token" or len(self) == 0:
             return self.num_target_tokens.astype(np.float64)
-        targets = self.seg_len - 1
+        targets = self.seg_targets
         per_segment = targets * segment_token_weight(targets)  # exact: 24-bit × small int
-        return np.add.reduceat(per_segment, self.row_ptr[:-1]).astype(np.float64)
+        return self._per_row(per_segment).astype(np.float64)
 
     def __len__(self) -> int:
         return len(self.row_ptr) - 1
@@ -221,17 +280,26 @@ class PackedRows:
         attention_mask = np.zeros(length, dtype=np.int64)
         weights = np.zeros(length, dtype=np.float32) if self.loss_weighting == "sample" else None
         col = 0
-        tokens = self.store.tokens
+        tokens, loss_mask = self.store.tokens, self.loss_mask
         for seg in range(self.row_ptr[index], self.row_ptr[index + 1]):
             start, n = int(self.seg_start[seg]), int(self.seg_len[seg])
             input_ids[col : col + n] = tokens[start : start + n]
-            labels[col : col + n] = input_ids[col : col + n]
+            mask = None if loss_mask is None else np.asarray(loss_mask[start : start + n])
+            if mask is None:
+                labels[col : col + n] = input_ids[col : col + n]
+            else:  # prompt tokens are no targets
+                labels[col : col + n] = np.where(mask != 0, input_ids[col : col + n], IGNORE_INDEX)
             if col > 0:
                 labels[col] = IGNORE_INDEX
             position_ids[col : col + n] = np.arange(n)
             attention_mask[col : col + n] = 1
-            if weights is not None and n > 1:
-                weights[col + 1 : col + n] = segment_token_weight(n - 1)
+            targets = int(self.seg_targets[seg])
+            if weights is not None and targets > 0:
+                weight = segment_token_weight(targets)
+                if mask is None:
+                    weights[col + 1 : col + n] = weight
+                else:
+                    weights[col + 1 : col + n] = np.where(mask[1:] != 0, weight, 0.0)
             col += n
         position_ids[col:] = np.arange(length - col)
         row = {

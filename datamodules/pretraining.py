@@ -32,6 +32,8 @@ class PretrainingDataModule(L.LightningDataModule):
 
     Every train batch is the dict of `docs/design.md` (`input_ids`, `labels`, `position_ids`,
     `attention_mask`, `sample_index`, `step_weight`, and `loss_weights` under `sample` weighting).
+    A sample source with `prompt_field` (SFT with masked prompts) has `labels = -100` on its prompt
+    tokens, and its step weights and `loss_weights` count its completion targets only.
     The train order is a seeded permutation
     per epoch cut into global steps of `micro_batch_size × trainer.accumulate_grad_batches ×
     trainer.world_size` samples; the loader's checkpointed state is one global counter, so a resumed
@@ -106,7 +108,8 @@ class PretrainingDataModule(L.LightningDataModule):
         self._mixture: Mixture | None = None
         self._val_datasets: dict[str, PackedDataset] = {}
         self.stats: dict[str, dict[str, Any]] = {}
-        """Per source name: store counts (documents, skipped_empty, tokens) and packing counts."""
+        """Per source name: store counts (documents, skipped_empty, tokens), packing counts and,
+        for masked prompts, `completion_tokens` (store) and `target_tokens` (rows)."""
 
     @staticmethod
     def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -211,7 +214,11 @@ class PretrainingDataModule(L.LightningDataModule):
             )
         except ValueError as err:
             raise DataError(spec.path, str(err)) from None
-        self.stats[spec.display_name] = {**asdict(store.stats), **asdict(rows.stats)}
+        stats = {**asdict(store.stats), **asdict(rows.stats)}
+        if store.completion_tokens is not None:  # masked prompts (`prompt_field`)
+            stats["completion_tokens"] = store.completion_tokens
+            stats["target_tokens"] = int(rows.num_target_tokens.sum())
+        self.stats[spec.display_name] = stats
         return rows
 
     @staticmethod

@@ -157,8 +157,8 @@ class GlobalStepBatchSampler(DistributedSampler):
 
     Args:
         row_weights: `float64` total loss weight of every dataset row (`PackedDataset.row_weights`:
-            its target-token count for `token` weighting); a step's `step_weight` is their sum
-            over the step's rows.
+            its target-token count for `token` weighting, completion tokens only for masked
+            prompts); a step's `step_weight` is their sum over the step's rows.
         micro_batch_size: Rows per micro-batch (`B`).
         accumulate_grad_batches: Micro-batches per optimizer step on each rank.
         world_size: Number of ranks.
@@ -251,6 +251,15 @@ class GlobalStepBatchSampler(DistributedSampler):
             ]
         usable = samples[: self.total_size]
         step_weights = self.row_weights[usable].reshape(-1, self.global_batch_size).sum(axis=1)
+        empty = int(np.count_nonzero(step_weights == 0))
+        if empty:
+            log.warning(
+                "sampler: %d of %d optimizer steps of epoch %d have no target token (e.g. "
+                "prompt-only samples); their loss and gradient are 0",
+                empty,
+                len(step_weights),
+                epoch,
+            )
         self._cache = (epoch, samples, step_weights)
         return samples, step_weights
 

@@ -3,6 +3,10 @@
 A reader yields the text of each document in a fixed order and raises one `DataError` naming the
 file and line (JSONL, text) or record index (Parquet, HF datasets) on the first bad record. Empty or
 whitespace-only documents are skipped and counted in `ReadStats`, never silently dropped.
+
+With `SourceSpec.prompt_field` (SFT with masked prompts), `read_records` yields `(text, prompt)`
+pairs, the prompt a prefix of the text (else a `DataError` naming the record); the store then
+gives the prompt's tokens no loss.
 """
 
 from __future__ import annotations
@@ -55,9 +59,16 @@ class SourceSpec:
         overlong_policy: For `kind: sample`: `truncate` keeps the first `max_length` tokens, `skip`
             drops the sample. Either way the count is logged.
         loss_weighting: How the loss of an optimizer step averages over its targets. `token`: every
-            target token weighs 1 (the token mean; for SFT with masked prompts, the response-token
-            mean). `sample`: each sample/document segment of a row weighs 1 in all, its targets
-            `1 / n_targets` each (the per-sample mean). All train sources must use the same one.
+            target token weighs 1 (the token mean; with `prompt_field`, the completion-token mean).
+            `sample`: each sample/document segment of a row weighs 1 in all, its targets
+            `1 / n_targets` each (the per-sample mean; with `prompt_field`, over the completion's
+            targets). All train sources must use the same one.
+        prompt_field: For `kind: sample` (SFT with masked prompts): the field (JSONL, HF) or column
+            (Parquet) holding each record's prompt, a prefix of its `text_field` (the whole sample).
+            Tokens lying entirely inside the prompt (end offset <= prompt length) get no loss
+            (`labels = -100`): the loss is on the completion and its end token only. A record whose
+            prompt is not a prefix of its text is an error. Needs a fast tokenizer. Default: none
+            (every token is a target).
     """
 
     path: str
@@ -69,6 +80,7 @@ class SourceSpec:
     ratio: float | None = None
     overlong_policy: Literal["truncate", "skip"] = "truncate"
     loss_weighting: Literal["token", "sample"] = "token"
+    prompt_field: str | None = None
 
     @property
     def display_name(self) -> str:
@@ -93,6 +105,26 @@ class SourceSpec:
                 raise ConfigError(f"{key}.{attr}", f"must be one of {list(allowed)}, got {value!r}")
         if not isinstance(self.text_field, str) or not self.text_field:
             raise ConfigError(f"{key}.text_field", "must be a non-empty string")
+        if self.prompt_field is not None:
+            if not isinstance(self.prompt_field, str) or not self.prompt_field:
+                raise ConfigError(f"{key}.prompt_field", "must be a non-empty string or null")
+            if self.kind != "sample":
+                raise ConfigError(
+                    f"{key}.prompt_field",
+                    f"masked prompts need `kind: sample` (a sample is never split), got kind "
+                    f"{self.kind!r}",
+                )
+            if self.prompt_field == self.text_field:
+                raise ConfigError(
+                    f"{key}.prompt_field",
+                    f"must differ from text_field {self.text_field!r} (the text is the whole "
+                    "sample, the prompt its prefix)",
+                )
+            if self.format == "text":
+                raise ConfigError(
+                    f"{key}.prompt_field",
+                    "text files have no fields; use jsonl, parquet or hf records",
+                )
 
 
 def as_source_spec(value: SourceSpec | dict[str, Any], key: str) -> SourceSpec:
@@ -213,12 +245,21 @@ def source_fingerprint(spec: SourceSpec) -> dict[str, Any]:
 
 def read_documents(spec: SourceSpec, stats: ReadStats) -> Iterator[str]:
     """Yield the non-empty texts of `spec` in order; count skipped empty ones in `stats`."""
+    for text, _prompt in read_records(spec, stats):
+        yield text
+
+
+def read_records(spec: SourceSpec, stats: ReadStats) -> Iterator[tuple[str, str | None]]:
+    """Yield `(text, prompt)` for the non-empty texts of `spec` in order (`prompt` is None without
+    `spec.prompt_field`, else a validated prefix of `text`); count skipped empty ones in `stats`."""
     fmt = detect_format(spec)
     readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_text, "hf": _read_hf}
-    for text in readers[fmt](spec, stats):
+    fields = _fields(spec)
+    for values in readers[fmt](spec, stats, fields):
+        text = values[0]
         if text.strip():
             stats.documents += 1
-            yield text
+            yield text, (values[1] if len(values) > 1 else None)
         else:
             stats.skipped_empty += 1
     if stats.skipped_empty:
@@ -235,7 +276,46 @@ def read_documents(spec: SourceSpec, stats: ReadStats) -> Iterator[str]:
         )
 
 
-def _field_text(record: Any, field_name: str, source: str, line: int, what: str) -> str:
+def _fields(spec: SourceSpec) -> tuple[str, ...]:
+    """The fields a reader extracts: the text, then the prompt when there is one."""
+    if spec.prompt_field is None:
+        return (spec.text_field,)
+    return (spec.text_field, spec.prompt_field)
+
+
+def _check_prompt(
+    values: tuple[str, ...],
+    fields: tuple[str, ...],
+    source: str,
+    line: int | None,
+    record: str = "",
+) -> None:
+    """A `DataError` unless the prompt (`values[1]`, if any) is a prefix of the text."""
+    if len(values) < 2:
+        return
+    text, prompt = values[0], values[1]
+    if text.startswith(prompt):
+        return
+    at = next(
+        (i for i, (a, b) in enumerate(zip(text, prompt)) if a != b), min(len(text), len(prompt))
+    )
+    what = (
+        f"the prompt is longer than the text ({len(prompt)} > {len(text)} characters)"
+        if at == len(text)
+        else f"they differ at character {at} (prompt {prompt[at : at + 20]!r}, "
+        f"text {text[at : at + 20]!r})"
+    )
+    raise DataError(
+        source,
+        f"{record}field {fields[1]!r} is not a prefix of field {fields[0]!r}: {what}; "
+        f"the text must be the whole sample, starting with its prompt",
+        line,
+    )
+
+
+def _field_text(
+    record: Any, field_name: str, source: str, line: int, what: str, setting: str = "text_field"
+) -> str:
     """The text field of one decoded record, or a `DataError` saying what was expected."""
     if not isinstance(record, dict):
         raise DataError(source, f"{what} must be a JSON object, got {type(record).__name__}", line)
@@ -243,7 +323,7 @@ def _field_text(record: Any, field_name: str, source: str, line: int, what: str)
         present = ", ".join(repr(k) for k in list(record)[:10]) or "none"
         raise DataError(
             source,
-            f"{what} has no field {field_name!r} (fields present: {present}); set `text_field`",
+            f"{what} has no field {field_name!r} (fields present: {present}); set `{setting}`",
             line,
         )
     value = record[field_name]
@@ -263,15 +343,31 @@ def _utf8_error(source: str, data: bytes, err: UnicodeDecodeError, line: int | N
     )
 
 
-def _read_jsonl(spec: SourceSpec, stats: ReadStats) -> Iterator[str]:
+def _read_jsonl(
+    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...]
+) -> Iterator[tuple[str, ...]]:
+    settings = ("text_field", "prompt_field")
     for path in resolve_files(spec, "jsonl"):
         source = str(path)
         stats.files.append(source)
         for line_no, record in read_jsonl(path):
-            yield _field_text(record, spec.text_field, source, line_no, "record")
+            values = tuple(
+                _field_text(record, name, source, line_no, "record", setting)
+                for name, setting in zip(fields, settings)
+            )
+            _check_prompt(values, fields, source, line_no)
+            yield values
 
 
-def _read_text(spec: SourceSpec, stats: ReadStats) -> Iterator[str]:
+def _read_text(
+    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...]
+) -> Iterator[tuple[str, ...]]:
+    if len(fields) > 1:
+        raise DataError(
+            spec.path,
+            "text files have no fields, so `prompt_field` cannot be read; use jsonl, parquet or "
+            "hf records",
+        )
     for path in resolve_files(spec, "text"):
         source = str(path)
         stats.files.append(source)
@@ -288,13 +384,16 @@ def _read_text(spec: SourceSpec, stats: ReadStats) -> Iterator[str]:
                 "re-encode the file as UTF-8",
                 line_no,
             ) from None
-        yield text
+        yield (text,)
 
 
-def _read_parquet(spec: SourceSpec, stats: ReadStats) -> Iterator[str]:
+def _read_parquet(
+    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...]
+) -> Iterator[tuple[str, ...]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    settings = ("text_field", "prompt_field")
     for path in resolve_files(spec, "parquet"):
         source = str(path)
         stats.files.append(source)
@@ -303,25 +402,27 @@ def _read_parquet(spec: SourceSpec, stats: ReadStats) -> Iterator[str]:
         except (pa.ArrowException, OSError) as err:
             raise DataError(source, f"not a readable Parquet file: {err}") from None
         schema = pf.schema_arrow
-        if spec.text_field not in schema.names:
-            raise DataError(
-                source,
-                f"no column {spec.text_field!r} (columns: {schema.names}); set `text_field`",
-            )
-        col_type = schema.field(spec.text_field).type
-        if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
-            raise DataError(source, f"column {spec.text_field!r} must be string, got {col_type}")
+        for name, setting in zip(fields, settings):
+            if name not in schema.names:
+                raise DataError(
+                    source, f"no column {name!r} (columns: {schema.names}); set `{setting}`"
+                )
+            col_type = schema.field(name).type
+            if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
+                raise DataError(source, f"column {name!r} must be string, got {col_type}")
         if pf.metadata.num_rows == 0:
             raise DataError(source, "empty file: expected at least one row")
         index = 0
-        for batch in pf.iter_batches(batch_size=_BATCH, columns=[spec.text_field]):
-            for value in batch.column(0).to_pylist():
-                if value is None:
-                    raise DataError(
-                        source, f"record {index} (0-based row): {spec.text_field!r} is null"
-                    )
+        for batch in pf.iter_batches(batch_size=_BATCH, columns=list(fields)):
+            columns = [batch.column(i).to_pylist() for i in range(len(fields))]
+            for values in zip(*columns):
+                if None in values:
+                    name = fields[values.index(None)]
+                    raise DataError(source, f"record {index} (0-based row): {name!r} is null")
+                if len(values) > 1:
+                    _check_prompt(values, fields, source, None, f"record {index} (0-based row): ")
                 index += 1
-                yield value
+                yield values
 
 
 def _load_hf(spec: SourceSpec) -> Any:
@@ -348,27 +449,33 @@ def _load_hf(spec: SourceSpec) -> Any:
     return ds
 
 
-def _read_hf(spec: SourceSpec, stats: ReadStats) -> Iterator[str]:
+def _read_hf(
+    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...]
+) -> Iterator[tuple[str, ...]]:
     ds = _load_hf(spec)
     source = f"{spec.path}[{spec.split}]"
     stats.files.append(str(spec.path))
-    if spec.text_field not in ds.column_names:
-        raise DataError(
-            source, f"no column {spec.text_field!r} (columns: {ds.column_names}); set `text_field`"
-        )
-    feature = ds.features[spec.text_field]
-    dtype = getattr(feature, "dtype", None)
-    if dtype not in ("string", "large_string"):
-        raise DataError(source, f"column {spec.text_field!r} must be string, got {feature}")
+    for name, setting in zip(fields, ("text_field", "prompt_field")):
+        if name not in ds.column_names:
+            raise DataError(
+                source, f"no column {name!r} (columns: {ds.column_names}); set `{setting}`"
+            )
+        feature = ds.features[name]
+        dtype = getattr(feature, "dtype", None)
+        if dtype not in ("string", "large_string"):
+            raise DataError(source, f"column {name!r} must be string, got {feature}")
     if len(ds) == 0:
         raise DataError(source, "empty dataset: expected at least one record")
     index = 0
-    for batch in ds.select_columns([spec.text_field]).iter(batch_size=_BATCH):
-        for value in batch[spec.text_field]:
-            if value is None:
-                raise DataError(source, f"record {index}: {spec.text_field!r} is null")
+    for batch in ds.select_columns(list(fields)).iter(batch_size=_BATCH):
+        for values in zip(*(batch[name] for name in fields)):
+            if None in values:
+                name = fields[values.index(None)]
+                raise DataError(source, f"record {index}: {name!r} is null")
+            if len(values) > 1:
+                _check_prompt(values, fields, source, None, f"record {index}: ")
             index += 1
-            yield value
+            yield values
 
 
 __all__ = [
@@ -380,6 +487,7 @@ __all__ = [
     "as_source_spec",
     "detect_format",
     "read_documents",
+    "read_records",
     "resolve_files",
     "source_fingerprint",
 ]

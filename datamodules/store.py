@@ -4,18 +4,23 @@ Layout of `cache_dir/<fingerprint>/`:
 
 - `tokens.bin`: all token ids (`uint32`), every document followed by the tokenizer's EOS;
 - `offsets.npy`: `int64[documents + 1]`, document `i` is `tokens[offsets[i]:offsets[i + 1]]`;
+- `loss_mask.bin` (only for a source with `prompt_field`): one `uint8` per token of `tokens.bin`,
+  0 for a prompt token (its end offset in the text is at most the prompt's length: no loss), 1 for
+  a completion token (the appended EOS included);
 - `manifest.json`: fingerprint, settings and counts, written last.
 
 The fingerprint hashes the source content (see `sources.source_fingerprint`), the tokenizer (its
 serialized `tokenizer.json`, or its vocabulary for tokenizers without one), the EOS id and the store
-settings. A store is written with `common.atomic.atomic_directory`: staged beside its final directory,
-fsynced and renamed into place only when complete (orphans of killed builders are removed at the
-next build), and verified against its manifest when loaded, so a crash during a build never leaves
-a store that a later run would load.
+settings (the prompt field only when there is one, so stores without a mask keep their key). A
+store is written with `common.atomic.atomic_directory`: staged beside its final directory, fsynced
+and renamed into place only when complete (orphans of killed builders are removed at the next
+build), and verified against its manifest (the loss mask's size too) when loaded, so a crash during
+a build never leaves a store that a later run would load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -29,7 +34,7 @@ import numpy as np
 
 from common.atomic import atomic_directory
 from common.errors import ConfigError
-from datamodules.sources import ReadStats, SourceSpec, detect_format, read_documents
+from datamodules.sources import ReadStats, SourceSpec, detect_format, read_records
 from datamodules.sources import source_fingerprint as _source_fingerprint
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,9 @@ TOKEN_DTYPE = np.dtype(np.uint32)
 MANIFEST = "manifest.json"
 TOKENS = "tokens.bin"
 OFFSETS = "offsets.npy"
+LOSS_MASK = "loss_mask.bin"
+MASK_DTYPE = np.dtype(np.uint8)
+_MASK_RULE = "prompt-token-iff-end-offset<=len(prompt); eos-is-completion"
 _TOKENIZE_BATCH = 1000
 
 
@@ -80,6 +88,9 @@ def store_fingerprint(spec: SourceSpec, tokenizer: Any) -> str:
         "split": spec.split,
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
+    if spec.prompt_field is not None:  # absent otherwise: existing stores keep their fingerprint
+        payload["prompt_field"] = spec.prompt_field
+        payload["loss_mask"] = _MASK_RULE
     blob = json.dumps(payload, sort_keys=True).encode()
     return hashlib.blake2b(blob, digest_size=12).hexdigest()
 
@@ -96,7 +107,32 @@ def _tokenize_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return encoded["input_ids"]
 
 
-def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+def _tokenize_with_offsets(
+    tokenizer: Any, texts: list[str]
+) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Token ids and character offsets of a batch of documents, without special tokens."""
+    encoded = tokenizer(
+        texts,
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        return_offsets_mapping=True,
+        verbose=False,
+    )
+    return encoded["input_ids"], encoded["offset_mapping"]
+
+
+def completion_mask(offsets: list[tuple[int, int]], prompt_length: int) -> np.ndarray:
+    """`uint8` per token: 0 where the token lies entirely inside the prompt (its end offset is at
+    most `prompt_length` characters), else 1 (a token straddling the boundary is a completion
+    token)."""
+    if not offsets:
+        return np.zeros(0, dtype=MASK_DTYPE)
+    ends = np.fromiter((end for _start, end in offsets), dtype=np.int64, count=len(offsets))
+    return (ends > prompt_length).astype(MASK_DTYPE)
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     it = iter(items)
     while batch := list(itertools.islice(it, size)):
         yield batch
@@ -110,6 +146,8 @@ class TokenizedStore:
         manifest: The parsed manifest.
         tokens: `uint32` memmap of all token ids.
         offsets: `int64[documents + 1]` document boundaries into `tokens`.
+        loss_mask: `uint8` memmap aligned with `tokens` (1: completion token, a target; 0: prompt
+            token, no loss) for a source with `prompt_field`, else None.
     """
 
     def __init__(self, directory: str | Path) -> None:
@@ -154,6 +192,18 @@ class TokenizedStore:
             raise InvalidStoreError(f"{self.directory / OFFSETS}: does not match the manifest")
         self.offsets = offsets
         self.tokens = np.memmap(tokens_path, dtype=dtype, mode="r", shape=(n_tokens,))
+        self.loss_mask: np.ndarray | None = None
+        if "loss_mask" in self.manifest:
+            mask_path = self.directory / LOSS_MASK
+            try:
+                mask_size = mask_path.stat().st_size
+            except OSError as err:
+                raise InvalidStoreError(f"{mask_path}: unreadable loss mask ({err})") from None
+            if mask_size != n_tokens * MASK_DTYPE.itemsize:
+                raise InvalidStoreError(
+                    f"{mask_path}: {mask_size} bytes, manifest says {n_tokens} tokens"
+                )
+            self.loss_mask = np.memmap(mask_path, dtype=MASK_DTYPE, mode="r", shape=(n_tokens,))
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers reopen the memmap instead of receiving a copy of all tokens.
@@ -190,6 +240,19 @@ class TokenizedStore:
     def document(self, index: int) -> np.ndarray:
         """Token ids of document `index` (EOS included)."""
         return np.asarray(self.tokens[self.offsets[index] : self.offsets[index + 1]])
+
+    def document_mask(self, index: int) -> np.ndarray | None:
+        """The loss mask of document `index` (1: completion token), or None without a mask."""
+        if self.loss_mask is None:
+            return None
+        return np.asarray(self.loss_mask[self.offsets[index] : self.offsets[index + 1]])
+
+    @property
+    def completion_tokens(self) -> int | None:
+        """Tokens with loss mask 1 (None for a store without a mask)."""
+        if self.loss_mask is None:
+            return None
+        return int(self.manifest["loss_mask"]["completion_tokens"])
 
     # -- building -----------------------------------------------------------------------------
 
@@ -234,58 +297,95 @@ class TokenizedStore:
     @classmethod
     def _write(cls, spec: SourceSpec, tokenizer: Any, tmp: Path, fingerprint: str) -> None:
         eos = int(tokenizer.eos_token_id)
+        masked = spec.prompt_field is not None
+        if masked and not getattr(tokenizer, "is_fast", False):
+            raise ConfigError(
+                "data.init_args.tokenizer",
+                f"source {spec.display_name} sets prompt_field, which needs a fast tokenizer "
+                "(character offsets); this one is not",
+            )
         stats = ReadStats()
         lengths: list[int] = []
-        n_tokens = 0
-        with open(tmp / TOKENS, "wb") as fh:
-            for texts in _batched(read_documents(spec, stats), _TOKENIZE_BATCH):
+        n_tokens = completion_tokens = 0
+        with contextlib.ExitStack() as files:
+            fh = files.enter_context(open(tmp / TOKENS, "wb"))
+            mask_fh = files.enter_context(open(tmp / LOSS_MASK, "wb")) if masked else None
+            for records in _batched(read_records(spec, stats), _TOKENIZE_BATCH):
+                texts = [text for text, _prompt in records]
+                if masked:
+                    encoded, offsets = _tokenize_with_offsets(tokenizer, texts)
+                else:
+                    encoded = _tokenize_batch(tokenizer, texts)
                 # every document ends with exactly one EOS (chat texts may carry their own)
-                ids = [
-                    x if x and x[-1] == eos else [*x, eos]
-                    for x in _tokenize_batch(tokenizer, texts)
-                ]
+                ids = [x if x and x[-1] == eos else [*x, eos] for x in encoded]
                 flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)
                 if flat.size and (flat.min() < 0 or flat.max() > np.iinfo(TOKEN_DTYPE).max):
                     raise ValueError(f"token ids out of {TOKEN_DTYPE.name} range")
                 fh.write(flat.astype(TOKEN_DTYPE).tobytes())
+                if mask_fh is not None:
+                    masks = []
+                    for (_text, prompt), x, y, off in zip(records, ids, encoded, offsets):
+                        mask = completion_mask(off, len(prompt or ""))
+                        if len(x) > len(y):  # the appended EOS is a completion token
+                            mask = np.append(mask, np.uint8(1))
+                        masks.append(mask)
+                    flat_mask = np.concatenate(masks).astype(MASK_DTYPE)
+                    assert flat_mask.size == flat.size
+                    mask_fh.write(flat_mask.tobytes())
+                    completion_tokens += int(flat_mask.sum(dtype=np.int64))
                 lengths.extend(len(x) for x in ids)
                 n_tokens += flat.size
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        np.save(tmp / OFFSETS, offsets, allow_pickle=False)
+        offsets_array = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets_array[1:])
+        np.save(tmp / OFFSETS, offsets_array, allow_pickle=False)
         counts = StoreStats(
             documents=len(lengths), skipped_empty=stats.skipped_empty, tokens=n_tokens
         )
-        manifest = {
+        source: dict[str, Any] = {
+            "name": spec.display_name,
+            "path": str(spec.path),
+            "format": detect_format(spec),
+            "text_field": spec.text_field,
+            "split": spec.split,
+            "files": stats.files,
+        }
+        manifest: dict[str, Any] = {
             "version": STORE_VERSION,
             "fingerprint": fingerprint,
             "dtype": TOKEN_DTYPE.name,
             "eos_token_id": eos,
-            "source": {
-                "name": spec.display_name,
-                "path": str(spec.path),
-                "format": detect_format(spec),
-                "text_field": spec.text_field,
-                "split": spec.split,
-                "files": stats.files,
-            },
+            "source": source,
             "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
             "counts": asdict(counts),
         }
+        if masked:
+            source["prompt_field"] = spec.prompt_field
+            manifest["loss_mask"] = {
+                "file": LOSS_MASK,
+                "dtype": MASK_DTYPE.name,
+                "rule": _MASK_RULE,
+                "completion_tokens": completion_tokens,
+                "prompt_tokens": n_tokens - completion_tokens,
+            }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         log.info(
-            "source %s: tokenized %d documents (%d empty skipped), %d tokens",
+            "source %s: tokenized %d documents (%d empty skipped), %d tokens%s",
             spec.display_name,
             counts.documents,
             counts.skipped_empty,
             counts.tokens,
+            f" ({completion_tokens} completion, {n_tokens - completion_tokens} prompt)"
+            if masked
+            else "",
         )
 
 
 __all__ = [
+    "LOSS_MASK",
     "InvalidStoreError",
     "StoreStats",
     "TokenizedStore",
+    "completion_mask",
     "store_fingerprint",
     "tokenizer_fingerprint",
 ]

@@ -125,6 +125,11 @@ def main(args: Sequence[str] | None = None) -> None:
         from experiments.evaluate import main as evaluate_main
 
         return evaluate_main(argv[1:])
+    if argv[:1] == ["world-models"]:  # builds the world's base models: experiments/world_models.py
+        from experiments.world_models import main as world_models_main
+
+        world_models_main(argv[1:])
+        return None
     try:
         build_cli(args)
     except ArgumentError as error:

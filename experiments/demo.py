@@ -1,13 +1,15 @@
 """The embedded default, end to end on a CPU in a few minutes.
 
-1. Build the synthetic knowledge world and train its tokenizer.
-2. Pre-train a tiny base model on the world's *general* part (biographies and chat QA).
-3. Continue pre-training it on the *new-domain* biographies (plain CPT: `CausalLMModule`).
-4. Print a before/after table: new-domain QA exact match, general QA exact match, held-out
-   perplexity on domain and general text.
+1. Build the synthetic knowledge world and the calibrated `pretrained` base model
+   (`python -m experiments world-models --stages pretrained`; cached, so a second run reuses it).
+2. Continue pre-training it on the *new-domain* articles (plain CPT: `CausalLMModule`,
+   `experiments/configs/cpt/world_base.yaml`).
+3. Print a before/after table: new-domain QA exact match (questions worded as never in training),
+   general QA exact match (QA-trained entities, and entities known from documents only), and
+   held-out perplexity on domain and general text.
 
-Both stages run through the same CLI as `python -m experiments fit --config ...`, with the configs in
-`experiments/configs/demo/`. Run with `python -m experiments.demo [--output-dir DIR]`.
+The CPT stage runs through the same CLI as `python -m experiments fit --config ...`. Run with
+`python -m experiments.demo [--output-dir DIR]`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from callbacks import ExportCallback, KnowledgeEvalCallback
+from callbacks import KnowledgeEvalCallback
 from experiments.cli import build_cli
+from experiments.world_models import DEFAULT_CACHE_DIR, build_world_models
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 log = logging.getLogger("experiments.demo")
@@ -29,6 +32,7 @@ log = logging.getLogger("experiments.demo")
 ROWS = [
     ("new-domain QA exact match", "knowledge/qa_em/domain", "{:.1%}"),
     ("general QA exact match", "knowledge/qa_em/general", "{:.1%}"),
+    ("  (entities in documents only)", "knowledge/qa_em/general_bio_only", "{:.1%}"),
     ("held-out domain perplexity", "knowledge/ppl/domain", "{:.2f}"),
     ("held-out general perplexity", "knowledge/ppl/general", "{:.2f}"),
 ]
@@ -42,28 +46,21 @@ def find_callback(trainer: Any, kind: type) -> Any:
     raise RuntimeError(f"the demo config has no {kind.__name__}")
 
 
-def run_stage(
-    config: str,
-    output_dir: Path,
-    name: str,
-    extra: Sequence[str] = (),
-    export_dir: Path | None = None,
-) -> Any:
-    """Run `fit` for one stage through the CLI's parser and trainer; returns the trainer.
+def run_cpt(base: Path, output_dir: Path, extra: Sequence[str] = ()) -> Any:
+    """Run plain CPT from `base` through the CLI's parser and trainer; returns the trainer.
 
-    Logs go to `<output_dir>/<name>/version_N`; `export_dir` replaces the stage's export path.
+    Logs go to `<output_dir>/cpt/version_N`.
     """
     args = [
         "--config",
-        str(CONFIG_DIR / "demo" / config),
-        f"--trainer.default_root_dir={output_dir / name}",
+        str(CONFIG_DIR / "cpt" / "world_base.yaml"),
+        f"--model.init_args.model_name_or_path={base}",
+        f"--trainer.default_root_dir={output_dir / 'cpt'}",
         f"--trainer.logger.init_args.save_dir={output_dir}",
-        f"--trainer.logger.init_args.name={name}",
+        "--trainer.logger.init_args.name=cpt",
         *extra,
     ]
     cli = build_cli(args, run=False)
-    if export_dir is not None:
-        find_callback(cli.trainer, ExportCallback).dirpath = str(export_dir)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli.trainer
 
@@ -77,10 +74,13 @@ def format_table(before: dict[str, float], after: dict[str, float]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    """Run both stages and print the before/after table; returns the two metric dicts."""
+    """Build (or reuse) the base model, run CPT and print the before/after table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--output-dir", type=Path, default=Path("runs/demo"), help="where runs are written"
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where base models are cached"
     )
     options = parser.parse_args(argv)
     logging.basicConfig(
@@ -88,17 +88,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     )
 
     started = time.perf_counter()
-    base = run_stage(
-        "base.yaml", options.output_dir, "base", export_dir=options.output_dir / "base" / "export"
-    )
-    base_export = find_callback(base, ExportCallback).export_dir
-    log.info("base model exported to %s", base_export)
-    cpt = run_stage(
-        "cpt.yaml",
-        options.output_dir,
-        "cpt",
-        [f"--model.init_args.model_name_or_path={base_export}"],
-    )
+    base = build_world_models("default", 0, options.cache_dir, ["pretrained"])["pretrained"]
+    log.info("base model: %s", base.path)
+    cpt = run_cpt(base.path, options.output_dir)
     history = find_callback(cpt, KnowledgeEvalCallback).history
     before = next(e["metrics"] for e in history if e["stage"] == "fit_start")
     after = [e["metrics"] for e in history if e["stage"] == "fit_end"][-1]

@@ -6,6 +6,7 @@ a trained byte-level BPE tokenizer, cached by fingerprint. `tiny_model_config` s
 learns the world in minutes on a CPU.
 """
 
+from datamodules.world import instructions, skills, tasks, web  # noqa: F401  (registers splits)
 from datamodules.world.chat import (
     ASSISTANT,
     END,

@@ -1,4 +1,4 @@
-"""The one chat format of the synthetic world, and exact-match scoring of answers.
+"""The two QA formats of the synthetic world (chat and plain text), and exact-match scoring.
 
 A single-turn chat is `<|user|>{question}<|assistant|>{answer}<|endoftext|>`. The markers are
 special tokens of the world tokenizer (one id each), and the end marker is the tokenizer's EOS, so
@@ -8,6 +8,10 @@ Invariant (tested): `format_chat(q, a) == format_prompt(q) + a + END`, so a prom
 where the answer starts. The world tokenizer prepends a space to every text segment (also after a
 special token), so the answer's first word gets the same token as inside a biography and
 `encode(format_chat(q, a)) == encode(format_prompt(q)) + encode(a) + [eos]`.
+
+The plain-text format, `Question: {question}\nAnswer: {answer}`, is what the `pretrained` base
+model reads (it never sees the chat markers); a plain QA record is a document of its own, so the
+packer's end-of-document token follows the answer and greedy decoding stops there too.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ __all__ = [
     "USER",
     "exact_match",
     "format_chat",
+    "format_plain_prompt",
+    "format_plain_qa",
     "format_prompt",
     "normalize_answer",
 ]
@@ -59,6 +65,17 @@ def format_prompt(question: str) -> str:
 def format_chat(question: str, answer: str) -> str:
     """A complete single-turn chat: the prompt, the answer and the end marker."""
     return format_prompt(question) + answer + END
+
+
+def format_plain_prompt(question: str) -> str:
+    """The plain-text QA text up to where the answer starts (no trailing space: the tokenizer
+    gives the answer's first word its leading space, as in running text)."""
+    return f"Question: {question}\nAnswer:"
+
+
+def format_plain_qa(question: str, answer: str) -> str:
+    """A complete plain-text QA document (the packer appends the end-of-document token)."""
+    return f"{format_plain_prompt(question)} {answer}"
 
 
 def exact_match(prediction: str, answer: str) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
+from common.errors import ConfigError
 from datamodules.pretraining import PretrainingDataModule
 from datamodules.sources import SourceSpec
 from datamodules.world.config import WorldConfig
@@ -31,6 +32,9 @@ class WorldDataModule(PretrainingDataModule):
         train_sources: Training sources; default: the new-domain documents (`world:domain_documents`).
         val_sources: Validation sources by name; default: fresh paraphrases of domain and general
             biographies (known wording, so perplexity measures the facts).
+        qa_format: Format of the evaluation questions: `chat` (the `chat` base model and what is
+            adapted from it) or `plain` (`Question: ... Answer:`, the `pretrained` base model).
+            The chat format also evaluates the skills.
         **kwargs: The remaining `PretrainingDataModule` arguments (max_length, micro_batch_size, ...).
     """
 
@@ -41,6 +45,7 @@ class WorldDataModule(PretrainingDataModule):
         tokenizer: str | None = None,
         train_sources: list[SourceSpec] | None = None,
         val_sources: dict[str, SourceSpec] | None = None,
+        qa_format: Literal["chat", "plain"] = "chat",
         **kwargs: Any,
     ) -> None:
         if train_sources is None:
@@ -56,6 +61,9 @@ class WorldDataModule(PretrainingDataModule):
         self.world_config = dataclasses.replace(world)
         self.world_config.validate(f"{_KEY}.world")
         self.world_cache_dir = world_cache_dir
+        if qa_format not in ("chat", "plain"):
+            raise ConfigError(f"{_KEY}.qa_format", f"must be 'chat' or 'plain', got {qa_format!r}")
+        self.qa_format = qa_format
         self._artifacts: WorldArtifacts | None = None
 
     @property
@@ -82,13 +90,22 @@ class WorldDataModule(PretrainingDataModule):
         return str(self.artifacts.tokenizer_dir)
 
     def evaluation_sets(self) -> dict[str, dict[str, str]]:
-        """Held-out QA (greedy exact match) and text (perplexity) for domain and general entities."""
+        """Held-out QA (greedy exact match) and text (perplexity): new-domain entities, QA-trained
+        general entities, general entities known from documents only, and (chat format) the skills.
+        """
         artifacts = self.artifacts
+        suffix = "" if self.qa_format == "chat" else "_plain"
+        qa = {
+            "domain": str(artifacts.split_path(f"qa_eval_domain{suffix}")),
+            "general": str(artifacts.split_path(f"qa_eval_general{suffix}")),
+            "general_bio_only": str(artifacts.split_path(f"qa_eval_general_bio_only{suffix}")),
+        }
+        if self.qa_format == "chat":
+            for name in artifacts.split_names:
+                if name.startswith("skill_") and name.endswith("_test"):
+                    qa[name[: -len("_test")]] = str(artifacts.split_path(name))
         return {
-            "qa": {
-                "domain": str(artifacts.split_path("qa_eval_domain")),
-                "general": str(artifacts.split_path("qa_eval_general")),
-            },
+            "qa": qa,
             "perplexity": {
                 "domain": str(artifacts.split_path("paraphrased_domain_documents")),
                 "general": str(artifacts.split_path("paraphrased_general_documents")),

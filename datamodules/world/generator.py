@@ -18,6 +18,7 @@ from datamodules.world.chat import format_chat, format_prompt
 from datamodules.world.config import WorldConfig
 from datamodules.world.templates import (
     ATTRIBUTES,
+    LEAD_TEMPLATES,
     PRONOUNS,
     VALUE_WORDS,
     AttributeSpec,
@@ -26,7 +27,7 @@ from datamodules.world.templates import (
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 """Bump whenever generated text or tokenizer change for the same config (invalidates caches)."""
 
 Group = Literal["general", "domain"]
@@ -99,6 +100,20 @@ class World:
         """New-domain entities (documents for adaptation; QA for evaluation only)."""
         return [e for e in self.entities if e.group == "domain"]
 
+    @property
+    def general_qa_entities(self) -> list[Entity]:
+        """General entities whose QA is in the base models' training data (the first
+        `round(general_qa_fraction * num_general_entities)` of them)."""
+        general = self.general_entities
+        return general[: round(self.config.general_qa_fraction * len(general))]
+
+    @property
+    def general_bio_only_entities(self) -> list[Entity]:
+        """General entities seen in biographies only: QA on them measures whether extraction
+        generalizes to people known from documents alone."""
+        general = self.general_entities
+        return general[round(self.config.general_qa_fraction * len(general)) :]
+
     def entities_of(self, group: Group) -> list[Entity]:
         """Entities of one group."""
         if group not in GROUPS:
@@ -120,6 +135,16 @@ class World:
         templates = self.spec(attribute).bio_templates
         k = self.config.num_heldout_bio_templates
         return templates[:-k] if which == "train" else templates[-k:]
+
+    def callback_templates(self, attribute: str, which: TemplateSet) -> tuple[str, ...]:
+        """Article sentences referring back to a fact: all but the last, or the held-out last."""
+        templates = self.spec(attribute).callback_templates
+        return templates[:-1] if which == "train" else templates[-1:]
+
+    def lead_templates(self) -> tuple[tuple[tuple[str, ...], str], ...]:
+        """The lead sentences whose attributes this world has."""
+        names = set(self.attribute_names)
+        return tuple(lead for lead in LEAD_TEMPLATES if names.issuperset(lead[0]))
 
     def question_templates(self, attribute: str, which: TemplateSet) -> tuple[str, ...]:
         """Question templates of an attribute: training ones, or the held-out last ones."""
@@ -159,6 +184,44 @@ class World:
             by_name = position == 0 or rng.random() >= self.config.pronoun_prob
             sentences.append(self.sentence(entity, attribute, template, by_name))
         return " ".join(sentences)
+
+    def article(self, entity: Entity, which: TemplateSet, rng: random.Random) -> str:
+        """A profile article: a lead naming the entity with two facts, one sentence per fact in a
+        random order, and for every fact not in the lead a later sentence referring back to it
+        (placed anywhere after the fact's own sentence), so each fact is stated at least twice
+        and every restatement follows a first mention."""
+        leads = self.lead_templates()
+        if not leads:  # too few attributes for a two-fact lead: a biography is the best we can do
+            return self.biography(entity, which, rng)
+        lead_attributes, lead = rng.choice(leads)
+        sentences = [lead.format(name=entity.name, **entity.attributes)]
+        order = list(self.attribute_names)
+        rng.shuffle(order)
+        later: list[tuple[int, int, str]] = []  # (after body sentence k, draw order, sentence)
+        for position, attribute in enumerate(order):
+            if attribute in lead_attributes:
+                continue
+            slot = rng.randint(position, len(order) - 1)
+            template = rng.choice(self.callback_templates(attribute, which))
+            by_name = rng.random() >= self.config.pronoun_prob
+            later.append((slot, len(later), self.sentence(entity, attribute, template, by_name)))
+        later.sort()
+        queue = iter(later)
+        pending = next(queue, None)
+        for position, attribute in enumerate(order):
+            template = rng.choice(self.bio_templates(attribute, which))
+            by_name = rng.random() >= self.config.pronoun_prob
+            sentences.append(self.sentence(entity, attribute, template, by_name))
+            while pending is not None and pending[0] == position:
+                sentences.append(pending[2])
+                pending = next(queue, None)
+        return " ".join(sentences)
+
+    def document(self, entity: Entity, which: TemplateSet, rng: random.Random) -> str:
+        """A document about `entity` in the configured style (`article` or `single_mention`)."""
+        if self.config.document_style == "article":
+            return self.article(entity, which, rng)
+        return self.biography(entity, which, rng)
 
     def question(self, entity: Entity, attribute: str, template: str) -> str:
         """A question about one fact of an entity."""

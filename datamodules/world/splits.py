@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from common.errors import DataError
-from datamodules.world.generator import Group, TemplateSet, World
+from datamodules.world.chat import format_plain_prompt, format_plain_qa, format_prompt
+from datamodules.world.generator import Entity, Group, TemplateSet, World
 
 Record = dict[str, Any]
-SplitKind = Literal["text", "qa"]
+SplitKind = Literal["text", "qa", "preference", "labels"]
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,11 @@ class SplitSpec:
 
     Args:
         name: File stem and `world:<name>` source name.
-        kind: `text` records are `{"text"}`; `qa` records are
-            `{"prompt", "answer", "entity", "attribute", "question"}`.
+        kind: `text` records have a `"text"` (plus metadata fields); `qa` records are
+            `{"prompt", "answer", "entity", "attribute", "question"}` (evaluation by greedy exact
+            match); `preference` records are `{"prompt", "chosen", "rejected", ...}` (a chosen and
+            a rejected continuation of the same prompt); `labels` records carry ground truth about
+            another split's records (no text of their own, never in the tokenizer corpus).
         description: One line for humans.
         render: Builds the records of the split from a world.
     """
@@ -65,7 +69,11 @@ def text_of(record: Record, kind: SplitKind) -> str:
     """The full text a record contributes to the corpus (what the tokenizer is trained on)."""
     if kind == "text":
         return record["text"]
-    return record["prompt"] + record["answer"]
+    if kind == "qa":
+        return record["prompt"] + record["answer"]
+    if kind == "preference":
+        return record["prompt"] + record["chosen"] + "\n" + record["prompt"] + record["rejected"]
+    return ""
 
 
 # --- shared renderers ------------------------------------------------------------------------
@@ -81,7 +89,7 @@ def _documents(
         for _ in range(count):
             # Redraw a duplicate (rare), a bounded number of times: tiny worlds may run out.
             for _attempt in range(20):
-                text = world.biography(entity, which, rng)
+                text = world.document(entity, which, rng)
                 if text not in seen:
                     break
             seen.add(text)
@@ -89,20 +97,35 @@ def _documents(
     return records
 
 
-def _chat_qa(world: World, group: Group, which: TemplateSet) -> list[Record]:
+QAFormat = Literal["chat", "plain"]
+
+
+def _qa_texts(world: World, entities: list[Entity], qa_format: QAFormat) -> list[Record]:
+    """QA documents with their `prompt` (the text before the answer), for completion-only loss."""
+    render = world.chat_text if qa_format == "chat" else format_plain_qa
+    prompt_of = format_prompt if qa_format == "chat" else format_plain_prompt
     return [
-        {"text": world.chat_text(question, answer)}
-        for entity in world.entities_of(group)
-        for _attribute, question, answer in world.qa_pairs(entity, which)
+        {"text": render(question, answer), "prompt": prompt_of(question)}
+        for entity in entities
+        for _attribute, question, answer in world.qa_pairs(entity, "train")
     ]
 
 
-def _qa_eval(world: World, group: Group) -> list[Record]:
-    return [
-        world.qa_record(entity, attribute, question)
-        for entity in world.entities_of(group)
-        for attribute, question, _answer in world.qa_pairs(entity, "heldout")
-    ]
+def _qa_eval(world: World, entities: list[Entity], qa_format: QAFormat) -> list[Record]:
+    prompt_of = format_prompt if qa_format == "chat" else format_plain_prompt
+    records = []
+    for entity in entities:
+        for attribute, question, answer in world.qa_pairs(entity, "heldout"):
+            records.append(
+                {
+                    "prompt": prompt_of(question),
+                    "answer": answer,
+                    "entity": entity.name,
+                    "attribute": attribute,
+                    "question": question,
+                }
+            )
+    return records
 
 
 # --- the splits --------------------------------------------------------------------------------
@@ -116,10 +139,24 @@ def general_documents(world: World) -> list[Record]:
     )
 
 
-@register_split("general_qa", "text", "chat QA on general entities, training question templates")
+@register_split(
+    "general_qa", "text", "chat QA on QA-trained general entities, training question templates"
+)
 def general_qa(world: World) -> list[Record]:
-    """One chat per general entity, attribute and training question template."""
-    return _chat_qa(world, "general", "train")
+    """One chat per QA-trained general entity, attribute and training question template (the
+    `chat` model's SFT data)."""
+    return _qa_texts(world, world.general_qa_entities, "chat")
+
+
+@register_split(
+    "general_qa_plain",
+    "text",
+    "plain-text QA on QA-trained general entities, training question templates",
+)
+def general_qa_plain(world: World) -> list[Record]:
+    """`Question: ... Answer: ...` documents for the QA-trained general entities (the `pretrained`
+    model's QA data: plain text, never the chat markers)."""
+    return _qa_texts(world, world.general_qa_entities, "plain")
 
 
 @register_split(
@@ -150,16 +187,62 @@ def heldout_domain_documents(world: World) -> list[Record]:
     )
 
 
-@register_split("qa_eval_general", "qa", "QA on general entities, held-out question templates")
+@register_split(
+    "qa_eval_general",
+    "qa",
+    "QA on QA-trained general entities, held-out question templates, chat prompts",
+)
 def qa_eval_general(world: World) -> list[Record]:
-    """One record per general entity, attribute and held-out question template."""
-    return _qa_eval(world, "general")
+    """One record per entity, attribute and held-out question template (chat prompts)."""
+    return _qa_eval(world, world.general_qa_entities, "chat")
 
 
-@register_split("qa_eval_domain", "qa", "QA on new-domain entities, held-out question templates")
+@register_split(
+    "qa_eval_general_bio_only",
+    "qa",
+    "QA on general entities seen in documents only, held-out question templates, chat prompts",
+)
+def qa_eval_general_bio_only(world: World) -> list[Record]:
+    """One record per entity, attribute and held-out question template (chat prompts)."""
+    return _qa_eval(world, world.general_bio_only_entities, "chat")
+
+
+@register_split(
+    "qa_eval_domain", "qa", "QA on new-domain entities, held-out question templates, chat prompts"
+)
 def qa_eval_domain(world: World) -> list[Record]:
-    """One record per new-domain entity, attribute and held-out question template."""
-    return _qa_eval(world, "domain")
+    """One record per entity, attribute and held-out question template (chat prompts)."""
+    return _qa_eval(world, world.domain_entities, "chat")
+
+
+@register_split(
+    "qa_eval_general_plain",
+    "qa",
+    "QA on QA-trained general entities, held-out question templates, plain-text prompts",
+)
+def qa_eval_general_plain(world: World) -> list[Record]:
+    """One record per entity, attribute and held-out question template (plain-text prompts)."""
+    return _qa_eval(world, world.general_qa_entities, "plain")
+
+
+@register_split(
+    "qa_eval_general_bio_only_plain",
+    "qa",
+    "QA on general entities seen in documents only, held-out question templates, plain-text prompts",
+)
+def qa_eval_general_bio_only_plain(world: World) -> list[Record]:
+    """One record per entity, attribute and held-out question template (plain-text prompts)."""
+    return _qa_eval(world, world.general_bio_only_entities, "plain")
+
+
+@register_split(
+    "qa_eval_domain_plain",
+    "qa",
+    "QA on new-domain entities, held-out question templates, plain-text prompts",
+)
+def qa_eval_domain_plain(world: World) -> list[Record]:
+    """One record per entity, attribute and held-out question template (plain-text prompts)."""
+    return _qa_eval(world, world.domain_entities, "plain")
 
 
 @register_split(

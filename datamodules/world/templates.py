@@ -177,6 +177,8 @@ class AttributeSpec:
         sample: Draws a value from the closed pool with the given RNG.
         bio_templates: Biography sentences stating the fact; the last ones are held out.
         question_templates: Questions whose answer is exactly the value; the last ones are held out.
+        callback_templates: Later sentences of an article that refer back to the fact, restating
+            the value ("After graduating from {value}, she ..."); the last one is held out.
     """
 
     name: str
@@ -184,6 +186,7 @@ class AttributeSpec:
     sample: Callable[[random.Random], str]
     bio_templates: tuple[str, ...]
     question_templates: tuple[str, ...]
+    callback_templates: tuple[str, ...] = ()
 
 
 def _choice(pool: tuple[str, ...]) -> Callable[[random.Random], str]:
@@ -224,6 +227,11 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
                 "What date was {name} born on?",
                 "Which day is the birthday of {name}?",
             ),
+            callback_templates=(
+                "Friends still gather every year on {value} to celebrate {poss} birthday.",
+                "Because {subj} was born on {value}, {subj} shares a birthday with an old school friend.",
+                "Records from {value}, the day {subj} was born, are kept by the family.",
+            ),
         ),
         AttributeSpec(
             name="birth_city",
@@ -244,6 +252,11 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
                 "Which city is {name} from?",
                 "What city was {name} born in?",
                 "Which town is the hometown of {name}?",
+            ),
+            callback_templates=(
+                "{subj} still returns to {value}, the city of {poss} birth, every summer.",
+                "Growing up in {value} left {obj} with a lasting love of the place.",
+                "Neighbours in {value} remember {obj} as a curious child.",
             ),
         ),
         AttributeSpec(
@@ -266,6 +279,11 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
                 "What university did {name} go to?",
                 "Which school gave {name} a degree?",
             ),
+            callback_templates=(
+                "After graduating from {value}, {subj} began {poss} career.",
+                "Former classmates at {value} remember {obj} as a hard worker.",
+                "The years at {value} are the ones {subj} talks about most.",
+            ),
         ),
         AttributeSpec(
             name="major",
@@ -286,6 +304,11 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
                 "In what subject did {name} earn a degree?",
                 "What subject did {name} major in?",
                 "Which discipline did {name} specialize in?",
+            ),
+            callback_templates=(
+                "{poss} training in {value} shapes the way {subj} works to this day.",
+                "Choosing {value} turned out to be the right decision for {obj}.",
+                "Teachers of {value} still mention {obj} to their students.",
             ),
         ),
         AttributeSpec(
@@ -308,6 +331,11 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
                 "What company is {name} employed by?",
                 "Where does {name} earn a living?",
             ),
+            callback_templates=(
+                "Colleagues at {value} describe {obj} as dependable.",
+                "Since joining {value}, {subj} has led several projects.",
+                "At {value}, {subj} is known for careful work.",
+            ),
         ),
         AttributeSpec(
             name="work_city",
@@ -329,6 +357,25 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
                 "In what city is {name}'s job?",
                 "Which city does {name} commute to for work?",
             ),
+            callback_templates=(
+                "Most mornings {subj} takes the early train into {value}.",
+                "Working in {value} suits {obj} well.",
+                "The office in {value} is where {subj} spends most days.",
+            ),
         ),
     )
 }
+
+LEAD_TEMPLATES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        ("major", "university"),
+        "{name}, who studied {major} at {university}, is the subject of this profile.",
+    ),
+    (("employer", "work_city"), "{name} works for {employer} in {work_city}."),
+    (("birth_city", "employer"), "{name}, a native of {birth_city}, is now with {employer}."),
+    (("birth_date", "birth_city"), "{name} was born on {birth_date} in {birth_city}."),
+    (("university", "employer"), "{name}, a graduate of {university}, works for {employer}."),
+    (("major", "work_city"), "{name}, trained in {major}, works in {work_city}."),
+)
+"""Lead sentences of an article: the full name and two facts, summarized up front. Each entry
+names the attributes it states; a world uses the leads whose attributes it has."""

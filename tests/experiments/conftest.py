@@ -11,7 +11,28 @@ from datamodules.world import WorldConfig, materialize_world
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "experiments" / "configs"
-SMALL_WORLD = {"num_general_entities": 12, "num_domain_entities": 12}
+SMALL_WORLD: dict[str, object] = {
+    "num_general_entities": 12,
+    "num_domain_entities": 12,
+    "skills": {"train_per_skill": 30, "test_per_skill": 10},
+    "instructions": {
+        "num_instructions": 30,
+        "num_preference_pairs": 20,
+        "format_alignment_pool": 6,
+    },
+    "web": {"num_documents": 100, "num_pretraining_documents": 20},
+    "tasks": {"comparisons_per_split": 8, "same_value_per_split": 4},
+}
+
+
+def _flat(mapping: dict[str, object], prefix: str) -> list[str]:
+    args = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            args += _flat(value, f"{prefix}{key}.")
+        else:
+            args.append(f"--{prefix}{key}={value}")
+    return args
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +48,7 @@ def small_world_args(cli_cache: Path) -> list[str]:
         f"--data.init_args.world_cache_dir={cli_cache / 'worlds'}",
         f"--data.init_args.cache_dir={cli_cache / 'stores'}",
         "--data.init_args.micro_batch_size=4",
-        *(f"--data.init_args.world.{key}={value}" for key, value in SMALL_WORLD.items()),
+        *_flat(SMALL_WORLD, "data.init_args.world."),
     ]
 
 

@@ -16,7 +16,7 @@ import yaml
 from experiments.cli import CONFIG_FILENAME, build_cli, main
 from tests.experiments.conftest import CONFIG_DIR, REPO
 
-FRAGMENT_DIRS = ("model", "data", "callbacks", "trainer")  # composed by experiments, not runnable
+FRAGMENT_DIRS = ("model", "data", "callbacks", "trainer", "world")  # composed by experiments
 EXPERIMENT_CONFIGS = sorted(
     p
     for p in CONFIG_DIR.rglob("*.yaml")

@@ -12,7 +12,7 @@ from experiments.cli import build_cli
 from experiments.include import load_yaml
 from tests.experiments.conftest import CONFIG_DIR, REPO
 
-FRAGMENT_DIRS = ("model", "data", "callbacks", "trainer")
+FRAGMENT_DIRS = ("model", "data", "callbacks", "trainer", "world")
 EXPERIMENTS = sorted(
     p for p in CONFIG_DIR.rglob("*.yaml") if p.relative_to(CONFIG_DIR).parts[0] not in FRAGMENT_DIRS
 )
@@ -31,7 +31,7 @@ def resolved(args: list[str], capfd: pytest.CaptureFixture[str]) -> dict:
 def test_layout_has_fragments_and_experiments() -> None:
     for name in FRAGMENT_DIRS:
         assert list((CONFIG_DIR / name).glob("*.yaml")), name
-    assert {p.parent.name for p in EXPERIMENTS} >= {"cpt", "demo"}
+    assert {p.parent.name for p in EXPERIMENTS} >= {"cpt", "default", "smoke"}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
@@ -64,12 +64,18 @@ def test_config_order_never_changes_a_run(experiment: Path, overlay: Path, capfd
     assert readme_order["model"] == alone["model"] and readme_order["data"] == alone["data"]
 
 
-def test_one_tiny_model_definition_shared_by_experiments(capfd) -> None:
+def test_model_definitions_live_only_in_model_fragments(capfd) -> None:
     tiny = load_yaml((CONFIG_DIR / "model" / "tiny_llama.yaml").read_text())
-    for name in ("cpt/world_tiny.yaml", "demo/base.yaml"):
+    base = load_yaml((CONFIG_DIR / "model" / "world_base.yaml").read_text())
+    for name, expected in (
+        ("cpt/world_tiny.yaml", tiny),
+        ("world_models/smoke/pretrained.yaml", tiny),
+        ("world_models/default/pretrained.yaml", base),
+    ):
         printed = resolved(["--config", str(CONFIG_DIR / name)], capfd)
-        assert printed["model"]["init_args"]["model_config"] == tiny, name
-    assert sum("hidden_size" in p.read_text() for p in CONFIG_DIR.rglob("*.yaml")) == 1
+        assert printed["model"]["init_args"]["model_config"] == expected, name
+    defining = {p.name for p in CONFIG_DIR.rglob("*.yaml") if "hidden_size" in p.read_text()}
+    assert defining == {"tiny_llama.yaml", "world_base.yaml"}
 
 
 def test_include_resolves_relative_to_the_including_file(tmp_path: Path, capfd) -> None:
@@ -125,11 +131,3 @@ def test_every_fragment_is_used_by_an_experiment() -> None:
         kind = fragment.relative_to(CONFIG_DIR).parts[0]
         if kind in ("model", "data", "callbacks"):
             assert f"../{kind}/{fragment.name}" in text, f"{fragment} is used by no experiment"
-
-
-def test_demo_stage_two_starts_where_stage_one_exports() -> None:
-    stage1 = yaml.safe_load((CONFIG_DIR / "callbacks" / "demo_base.yaml").read_text())
-    export = next(c for c in stage1 if c["class_path"].endswith("ExportCallback"))
-    stage2 = yaml.safe_load((CONFIG_DIR / "demo" / "cpt.yaml").read_text())
-    assert stage2["model"]["init_args"]["model_name_or_path"] == export["init_args"]["dirpath"]
-    assert "../callbacks/demo_base.yaml" in (CONFIG_DIR / "demo" / "base.yaml").read_text()

@@ -7,6 +7,17 @@ from pathlib import Path
 import pytest
 
 from datamodules.world import World, WorldArtifacts, WorldConfig, build_world, materialize_world
+from datamodules.world.config import InstructionConfig, SkillsConfig, TasksConfig, WebConfig
+
+SMALL_PARTS: dict[str, object] = {
+    "skills": SkillsConfig(train_per_skill=30, test_per_skill=10),
+    "instructions": InstructionConfig(
+        num_instructions=30, num_preference_pairs=20, format_alignment_pool=6
+    ),
+    "web": WebConfig(num_documents=100, num_pretraining_documents=20),
+    "tasks": TasksConfig(comparisons_per_split=8, same_value_per_split=4),
+}
+"""Small skills, instruction, web and task sets: a small world builds in well under a second."""
 
 
 def small_config(**overrides: object) -> WorldConfig:
@@ -17,6 +28,7 @@ def small_config(**overrides: object) -> WorldConfig:
         "num_domain_entities": 8,
         "train_paraphrases": 3,
         "vocab_size": 400,
+        **SMALL_PARTS,
     }
     values.update(overrides)
     return WorldConfig(**values)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from datamodules.world import (
     ATTRIBUTES,
     END,
     SPLITS,
+    USER,
     World,
     WorldConfig,
     build_world,
@@ -19,6 +20,7 @@ from datamodules.world import (
     format_prompt,
     render_split,
 )
+from datamodules.world.chat import format_plain_prompt, format_plain_qa
 from datamodules.world.templates import (
     CITIES,
     COMPANIES,
@@ -42,9 +44,7 @@ def _all_records(world: World) -> dict[str, list[dict]]:
 
 def _template_regex(template: str) -> re.Pattern[str]:
     """A template as a regex matching any sentence rendered from it."""
-    pattern = re.escape(template)
-    for slot in ("subj", "obj", "poss", "value", "name"):
-        pattern = pattern.replace(re.escape("{" + slot + "}"), "(.+?)")
+    pattern = re.sub(r"\\\{\w+\\\}", "(.+?)", re.escape(template))
     return re.compile(pattern, re.IGNORECASE)
 
 
@@ -122,11 +122,28 @@ def test_entities_are_stable_under_size_and_attribute_changes(small_world: World
     ]
 
 
-def test_biographies_state_every_fact_once_per_sentence(small_world: World) -> None:
-    config = small_world.config
+def _check_pronouns(entity, doc: str) -> None:
+    other = {
+        p
+        for key, forms in PRONOUNS.items()
+        if key != entity.pronoun
+        for p in (forms.subj, forms.obj, forms.poss)
+    }
+    mine = PRONOUNS[entity.pronoun]
+    words = set(re.findall(r"[a-z]+", doc.lower()))
+    assert not (other - {mine.subj, mine.obj, mine.poss}) & words
+
+
+def _attribute_of(entity, sentence: str) -> str:
+    return next(a for a, v in entity.attributes.items() if v in sentence)
+
+
+def test_single_mention_biographies_state_every_fact_once_per_sentence() -> None:
+    world = build_world(small_config(document_style="single_mention"))
+    config = world.config
     for group, split in (("general", "general_documents"), ("domain", "domain_documents")):
-        docs = [r["text"] for r in render_split(small_world, split)]
-        entities = small_world.entities_of(group)
+        docs = [r["text"] for r in render_split(world, split)]
+        entities = world.entities_of(group)
         assert len(docs) == len(entities) * config.train_paraphrases
         for i, entity in enumerate(entities):
             paraphrases = docs[i * config.train_paraphrases : (i + 1) * config.train_paraphrases]
@@ -139,77 +156,128 @@ def test_biographies_state_every_fact_once_per_sentence(small_world: World) -> N
                 for value in entity.attributes.values():
                     assert value in doc
                 # Which attribute each sentence states, by its value (cities may repeat).
-                orders.add(
-                    tuple(
-                        next(a for a, v in entity.attributes.items() if v in s) for s in sentences
-                    )
-                )
-                other = {
-                    p
-                    for key, forms in PRONOUNS.items()
-                    if key != entity.pronoun
-                    for p in (forms.subj, forms.obj, forms.poss)
-                }
-                words = set(re.findall(r"[a-z]+", doc.lower()))
-                mine = PRONOUNS[entity.pronoun]
-                assert not (other - {mine.subj, mine.obj, mine.poss}) & words
+                orders.add(tuple(_attribute_of(entity, s) for s in sentences))
+                _check_pronouns(entity, doc)
             assert len(orders) > 1, "sentence order varies across paraphrases"
 
 
-def test_eval_answers_are_the_facts_and_appear_in_every_training_biography(
-    small_world: World,
-) -> None:
-    by_name = {e.name: e for e in small_world.entities}
+@pytest.mark.parametrize("pronoun_prob", [0.0, 0.5])
+def test_articles_lead_with_two_facts_and_restate_every_fact_later(pronoun_prob: float) -> None:
+    """Article style: a lead naming the entity with two facts, then every fact once more, and
+    every fact not in the lead restated after its first mention (what context distillation's
+    teacher can predict from the preceding sentences)."""
+    world = build_world(small_config(pronoun_prob=pronoun_prob))
+    assert world.config.document_style == "article"
     for group in ("general", "domain"):
-        docs = [r["text"] for r in render_split(small_world, f"{group}_documents")]
-        records = render_split(small_world, f"qa_eval_{group}")
-        expected = len(small_world.entities_of(group)) * len(ATTRIBUTES) * 2
-        assert len(records) == expected
+        docs = [r["text"] for r in render_split(world, f"{group}_documents")]
+        per = world.config.train_paraphrases
+        for i, entity in enumerate(world.entities_of(group)):
+            for doc in docs[i * per : (i + 1) * per]:
+                sentences = _sentences(doc)
+                assert sentences[0].startswith(entity.name), "the lead names the entity first"
+                lead_facts = {a for a, v in entity.attributes.items() if v in sentences[0]}
+                assert len(lead_facts) >= 2, sentences[0]
+                assert len(sentences) >= 1 + len(entity.attributes)
+                for attribute, value in entity.attributes.items():
+                    mentions = [k for k, s in enumerate(sentences) if value in s]
+                    assert len(mentions) >= 2, f"{attribute} is stated once in: {doc}"
+                    assert mentions[0] < mentions[-1]
+                _check_pronouns(entity, doc)
+                if pronoun_prob == 0.0:
+                    assert all(entity.name in s for s in sentences), "full names throughout"
+
+
+def test_single_mention_knob_changes_only_the_documents() -> None:
+    article, single = (
+        build_world(small_config()),
+        build_world(small_config(document_style="single_mention")),
+    )
+    for name in SPLITS:
+        same = render_split(article, name) == render_split(single, name)
+        assert same == ("documents" not in name), name
+
+
+def _eval_entities(world: World, name: str) -> list:
+    return {
+        "general": world.general_qa_entities,
+        "general_bio_only": world.general_bio_only_entities,
+        "domain": world.domain_entities,
+    }[name]
+
+
+@pytest.mark.parametrize("suffix", ["", "_plain"])
+def test_eval_answers_are_the_facts_and_appear_in_every_training_document(suffix: str) -> None:
+    world = build_world(small_config())
+    by_name = {e.name: e for e in world.entities}
+    prompt_of = format_prompt if suffix == "" else format_plain_prompt
+    for name in ("general", "general_bio_only", "domain"):
+        group = "domain" if name == "domain" else "general"
+        docs = [r["text"] for r in render_split(world, f"{group}_documents")]
+        records = render_split(world, f"qa_eval_{name}{suffix}")
+        entities = _eval_entities(world, name)
+        assert entities, name
+        assert len(records) == len(entities) * len(ATTRIBUTES) * 2
+        assert {r["entity"] for r in records} == {e.name for e in entities}
         for record in records:
             assert set(record) == {"prompt", "answer", "entity", "attribute", "question"}
             entity = by_name[record["entity"]]
-            assert entity.group == group
             assert record["answer"] == entity.attributes[record["attribute"]]
-            assert record["prompt"] == format_prompt(record["question"])
+            assert record["prompt"] == prompt_of(record["question"])
             assert entity.name in record["question"]
-            own_docs = [d for d in docs if d.startswith(entity.name) or entity.name in d]
-            assert len(own_docs) == small_world.config.train_paraphrases
+            own_docs = [d for d in docs if d.startswith(entity.name)]
+            assert len(own_docs) == world.config.train_paraphrases
             assert all(record["answer"] in d for d in own_docs)
 
 
-def test_general_qa_uses_training_templates_and_chat_format(small_world: World) -> None:
-    texts = [r["text"] for r in render_split(small_world, "general_qa")]
-    general = small_world.general_entities
+def test_general_qa_covers_the_qa_half_in_both_formats(small_world: World) -> None:
+    qa_entities = small_world.general_qa_entities
+    assert len(qa_entities) == round(0.5 * len(small_world.general_entities))
     n_train = sum(len(small_world.question_templates(a, "train")) for a in ATTRIBUTES)
-    assert len(texts) == len(general) * n_train
-    expected = {
-        format_chat(small_world.question(e, a, t), e.attributes[a])
-        for e in general
-        for a in ATTRIBUTES
-        for t in small_world.question_templates(a, "train")
-    }
-    assert set(texts) == expected
-    assert all(t.endswith(END) for t in texts)
-    domain_names = {e.name for e in small_world.domain_entities}
-    assert not any(name in t for t in texts for name in domain_names), "no domain QA in training"
+    for split, render in (("general_qa", format_chat), ("general_qa_plain", format_plain_qa)):
+        texts = [r["text"] for r in render_split(small_world, split)]
+        assert len(texts) == len(qa_entities) * n_train
+        expected = {
+            render(small_world.question(e, a, t), e.attributes[a])
+            for e in qa_entities
+            for a in ATTRIBUTES
+            for t in small_world.question_templates(a, "train")
+        }
+        assert set(texts) == expected
+        excluded = {
+            e.name for e in small_world.domain_entities + small_world.general_bio_only_entities
+        }
+        assert not any(name in t for t in texts for name in excluded), "QA only for the QA half"
+    assert all(r["text"].endswith(END) for r in render_split(small_world, "general_qa"))
+    assert not any(
+        USER in r["text"] or END in r["text"] for r in render_split(small_world, "general_qa_plain")
+    )
 
 
 def test_heldout_templates_never_appear_in_training_splits(small_world: World) -> None:
-    heldout_bio = [
-        _template_regex(t) for a in ATTRIBUTES for t in small_world.bio_templates(a, "heldout")
-    ]
-    train_bio = [
-        _template_regex(t) for a in ATTRIBUTES for t in small_world.bio_templates(a, "train")
-    ]
+    def sentence_templates(which: str) -> list[re.Pattern[str]]:
+        return [
+            _template_regex(t)
+            for a in ATTRIBUTES
+            for t in small_world.bio_templates(a, which) + small_world.callback_templates(a, which)
+        ]
+
+    heldout_bio, train_bio = sentence_templates("heldout"), sentence_templates("train")
+    leads = [_template_regex(t) for _attributes, t in small_world.lead_templates()]
     heldout_q = [
         _template_regex(t) for a in ATTRIBUTES for t in small_world.question_templates(a, "heldout")
     ]
     train_q = [
         _template_regex(t) for a in ATTRIBUTES for t in small_world.question_templates(a, "train")
     ]
+
+    def body(text: str) -> list[str]:
+        sentences = _sentences(text)
+        assert any(p.fullmatch(sentences[0]) for p in leads), sentences[0]
+        return sentences[1:]
+
     for split in ("general_documents", "domain_documents"):
         for record in render_split(small_world, split):
-            for sentence in _sentences(record["text"]):
+            for sentence in body(record["text"]):
                 assert any(p.fullmatch(sentence) for p in train_bio), sentence
                 assert not any(p.fullmatch(sentence) for p in heldout_bio), sentence
     for split in ("heldout_general_documents", "heldout_domain_documents"):
@@ -218,15 +286,17 @@ def test_heldout_templates_never_appear_in_training_splits(small_world: World) -
             len(records) == len(small_world.entities) // 2 * small_world.config.heldout_paraphrases
         )
         for record in records:
-            for sentence in _sentences(record["text"]):
+            for sentence in body(record["text"]):
                 assert any(p.fullmatch(sentence) for p in heldout_bio), sentence
                 assert not any(p.fullmatch(sentence) for p in train_bio), sentence
     for record in render_split(small_world, "general_qa"):
         question = record["text"].split("<|assistant|>")[0].removeprefix("<|user|>")
         assert any(p.fullmatch(question) for p in train_q)
         assert not any(p.fullmatch(question) for p in heldout_q), question
-    for split in ("qa_eval_general", "qa_eval_domain"):
-        for record in render_split(small_world, split):
+    for name in SPLITS:
+        if not name.startswith("qa_eval_"):
+            continue
+        for record in render_split(small_world, name):
             assert any(p.fullmatch(record["question"]) for p in heldout_q)
             assert not any(p.fullmatch(record["question"]) for p in train_q), record["question"]
 
@@ -249,18 +319,28 @@ def test_unknown_split_is_a_clear_error(small_world: World) -> None:
 
 
 def test_registry_lists_the_contract_splits() -> None:
-    assert list(SPLITS) == [
+    contract = [
         "general_documents",
         "general_qa",
+        "general_qa_plain",
         "domain_documents",
         "heldout_general_documents",
         "heldout_domain_documents",
         "qa_eval_general",
+        "qa_eval_general_bio_only",
         "qa_eval_domain",
+        "qa_eval_general_plain",
+        "qa_eval_general_bio_only_plain",
+        "qa_eval_domain_plain",
         "paraphrased_general_documents",
         "paraphrased_domain_documents",
     ]
-    assert {name for name in TEXT_SPLITS} == set(SPLITS) - {"qa_eval_general", "qa_eval_domain"}
+    assert list(SPLITS)[: len(contract)] == contract, "the knowledge splits come first, in order"
+    for name in ("web_corpus", "web_labels", "web_pretraining", "instructions", "preference_pairs"):
+        assert name in SPLITS
+    for name, spec in SPLITS.items():
+        if name.startswith("qa_eval_") or name.endswith("_test"):
+            assert spec.kind == "qa", name
 
 
 @pytest.mark.parametrize("group", ["general", "domain"])

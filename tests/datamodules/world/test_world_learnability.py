@@ -10,6 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from datamodules.world import WorldConfig, exact_match, materialize_world, tiny_model_config
 
+from .conftest import SMALL_PARTS
+
 
 def test_tiny_model_answers_heldout_questions(tmp_path: Path) -> None:
     config = WorldConfig(
@@ -17,6 +19,9 @@ def test_tiny_model_answers_heldout_questions(tmp_path: Path) -> None:
         num_domain_entities=2,
         attributes=["birth_city", "major", "employer"],
         vocab_size=512,
+        general_qa_fraction=1.0,
+        document_style="single_mention",
+        **SMALL_PARTS,  # type: ignore[arg-type]
     )
     world = materialize_world(config, tmp_path)
     tokenizer = world.load_tokenizer()

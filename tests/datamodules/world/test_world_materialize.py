@@ -21,6 +21,7 @@ from datamodules.world import (
     world_fingerprint,
 )
 from datamodules.world import materialize as materialize_module
+from datamodules.world.splits import text_of
 
 from .conftest import file_bytes, small_config
 
@@ -39,8 +40,9 @@ def test_layout_and_stats(small_artifacts: WorldArtifacts, tmp_path: Path) -> No
     for name in SPLITS:
         records = small_artifacts.read_split(name)
         lines = small_artifacts.split_path(name).read_text().splitlines()
-        assert len(lines) == len(records) == small_artifacts.stats["splits"][name]["records"] > 0
-        texts = [r["text"] if "text" in r else r["prompt"] + r["answer"] for r in records]
+        assert len(lines) == len(records) == small_artifacts.stats["splits"][name]["records"]
+        assert records or name.startswith("task_"), f"{name} is empty"
+        texts = [text_of(r, SPLITS[name].kind) for r in records]
         tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
         assert tokens == small_artifacts.stats["splits"][name]["tokens"]
     world = small_artifacts.load_world()
@@ -150,11 +152,15 @@ def test_lost_race_reuses_the_winner(
 
 def test_default_world_sizes(default_artifacts: WorldArtifacts) -> None:
     stats = default_artifacts.stats
-    assert stats["general_entities"] == stats["domain_entities"] == 50
+    assert (stats["general_entities"], stats["domain_entities"]) == (200, 50)
     splits = stats["splits"]
-    assert splits["general_documents"]["records"] == splits["domain_documents"]["records"] == 200
-    assert splits["general_qa"]["records"] == 50 * 6 * 4
-    assert splits["qa_eval_general"]["records"] == splits["qa_eval_domain"]["records"] == 50 * 6 * 2
+    assert splits["general_documents"]["records"] == 200 * 5
+    assert splits["domain_documents"]["records"] == 50 * 5
+    assert splits["general_qa"]["records"] == splits["general_qa_plain"]["records"] == 100 * 6 * 4
+    assert splits["qa_eval_general"]["records"] == splits["qa_eval_domain"]["records"] * 2
+    assert splits["qa_eval_domain"]["records"] == 50 * 6 * 2
     assert stats["tokenizer_vocab_size"] <= 2048
-    total = sum(s["tokens"] for s in splits.values())
-    assert 20_000 < total < 200_000, "small enough for minutes of CPU training"
+    pretraining = sum(
+        splits[n]["tokens"] for n in ("general_documents", "general_qa_plain", "web_pretraining")
+    )
+    assert 100_000 < pretraining < 400_000, "small enough for minutes of CPU training"
