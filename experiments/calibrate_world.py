@@ -112,19 +112,32 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run the grid and print the table."""
-    from experiments.world_models import DEFAULT_CACHE_DIR, SIZES, build_world_models
+    from experiments.world_models import DEFAULT_CACHE_DIR, SIZES, build_world_models, world_config
 
     parser = argparse.ArgumentParser(
         prog="python -m experiments.calibrate_world", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="world and run seeds")
     parser.add_argument(
-        "--bases", nargs="+", choices=("pretrained", "chat"), default=["pretrained", "chat"]
+        "--lrs", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3], help="CPT learning rates"
     )
-    parser.add_argument("--size", choices=SIZES, default="default")
-    parser.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE_DIR)
-    parser.add_argument("--output", type=Path, default=Path("runs/calibrate_world/results.jsonl"))
+    parser.add_argument(
+        "--bases",
+        nargs="+",
+        choices=("pretrained", "chat"),
+        default=["pretrained", "chat"],
+        help="base models to adapt",
+    )
+    parser.add_argument("--size", choices=SIZES, default="default", help="world/model size")
+    parser.add_argument(
+        "--cache_dir", type=Path, default=DEFAULT_CACHE_DIR, help="base-model cache"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("runs/calibrate_world/results.jsonl"),
+        help="JSON lines, one per run, rewritten atomically after every run",
+    )
     parser.add_argument(
         "--cpt_args", nargs="*", default=[], help="extra CLI overrides of the CPT runs"
     )
@@ -136,9 +149,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     size_args = list(options.cpt_args)
     if options.size != "default":
-        size_args.append(
-            f"--data.init_args.world={Path(__file__).resolve().parent / 'configs' / 'world' / (options.size + '.yaml')}"
-        )
+        size_args.append(f"--data.init_args.world={world_config(options.size)}")
     for seed in options.seeds:
         models = build_world_models(options.size, seed, options.cache_dir, options.bases)
         for base in options.bases:
@@ -172,10 +183,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     row["new_domain_after"],
                     row["largest_drop"],
                 )
-    with atomic_file(options.output) as tmp:
-        tmp.write_text(
-            "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8"
-        )
+                with atomic_file(options.output) as tmp:  # a crash keeps every finished run
+                    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+                    tmp.write_text(text, encoding="utf-8")
     sys.stdout.write("\n" + markdown(rows) + "\n")
     return rows
 

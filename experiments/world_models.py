@@ -76,12 +76,20 @@ def _resolved(value: Any, base_dir: Path) -> Any:
     return value
 
 
+def _world_of(size: str, seed: int) -> Any:
+    from datamodules.world import WorldConfig
+    from experiments.include import load_yaml
+
+    values = load_yaml(world_config(size).read_text(encoding="utf-8"))
+    return WorldConfig(**{**values, "seed": seed})
+
+
 def stage_fingerprint(size: str, stage: str, seed: int, parent: str | None) -> str:
     """16 hex digits identifying everything that determines a stage's model."""
     import torch
     import transformers
 
-    from datamodules.world.generator import GENERATOR_VERSION
+    from datamodules.world.materialize import world_fingerprint
     from experiments.include import load_yaml
 
     path = stage_config(size, stage)
@@ -94,7 +102,7 @@ def stage_fingerprint(size: str, stage: str, seed: int, parent: str | None) -> s
         "stage": stage,
         "seed": seed,
         "parent": parent,
-        "generator_version": GENERATOR_VERSION,
+        "world_fingerprint": world_fingerprint(_world_of(size, seed)),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }

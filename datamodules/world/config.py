@@ -102,7 +102,7 @@ class WebConfig:
     num_documents: int = 4000
     in_domain_fraction: float = 0.05
     low_quality_fraction: float = 0.15
-    num_pretraining_documents: int = 1000
+    num_pretraining_documents: int = 200
 
     def validate(self, key_prefix: str = "world.web") -> None:
         """Raise `ConfigError` naming `<key_prefix>.<field>` for the first invalid field."""
@@ -192,7 +192,7 @@ class WorldConfig:
     """
 
     seed: int = 0
-    num_general_entities: int = 200
+    num_general_entities: int = 100
     num_domain_entities: int = 50
     attributes: list[str] | None = None
     train_paraphrases: int = 5

@@ -27,8 +27,22 @@ from datamodules.world.templates import (
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "2"
-"""Bump whenever generated text or tokenizer change for the same config (invalidates caches)."""
+GENERATOR_VERSION = "3"
+"""Bump whenever generated text or tokenizer change for the same config (invalidates caches). The
+cache fingerprints also hash the world package's source (`generator_source_hash`), so a template
+edit without a bump cannot reuse a stale world either."""
+
+
+def generator_source_hash() -> str:
+    """16 hex digits of the source of every module of `datamodules.world` (templates included)."""
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
 
 Group = Literal["general", "domain"]
 TemplateSet = Literal["train", "heldout"]

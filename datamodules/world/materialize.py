@@ -21,7 +21,12 @@ from common.atomic import atomic_directory
 from common.errors import DataError
 from common.jsonl import read_jsonl
 from datamodules.world.config import WorldConfig
-from datamodules.world.generator import GENERATOR_VERSION, World, build_world
+from datamodules.world.generator import (
+    GENERATOR_VERSION,
+    World,
+    build_world,
+    generator_source_hash,
+)
 from datamodules.world.splits import SPLITS, Record, render_split, text_of
 from datamodules.world.tokenizer import save_tokenizer, train_tokenizer
 
@@ -38,6 +43,7 @@ def world_fingerprint(config: WorldConfig) -> str:
     payload = {
         "config": config.to_dict(),
         "generator_version": GENERATOR_VERSION,
+        "generator_source": generator_source_hash(),
         "splits": {name: spec.kind for name, spec in SPLITS.items()},
         "tokenizers": tokenizers.__version__,
     }

@@ -131,9 +131,9 @@ def _qa_eval(world: World, entities: list[Entity], qa_format: QAFormat) -> list[
 # --- the splits --------------------------------------------------------------------------------
 
 
-@register_split("general_documents", "text", "biographies of general entities, training templates")
+@register_split("general_documents", "text", "documents about general entities, training templates")
 def general_documents(world: World) -> list[Record]:
-    """`train_paraphrases` biographies per general entity."""
+    """`train_paraphrases` documents per general entity."""
     return _documents(
         world, "general_documents", "general", "train", world.config.train_paraphrases
     )
@@ -160,28 +160,28 @@ def general_qa_plain(world: World) -> list[Record]:
 
 
 @register_split(
-    "domain_documents", "text", "biographies of new-domain entities, training templates"
+    "domain_documents", "text", "documents about new-domain entities, training templates"
 )
 def domain_documents(world: World) -> list[Record]:
-    """`train_paraphrases` biographies per new-domain entity (the knowledge to adapt to)."""
+    """`train_paraphrases` documents per new-domain entity (the knowledge to adapt to)."""
     return _documents(world, "domain_documents", "domain", "train", world.config.train_paraphrases)
 
 
 @register_split(
-    "heldout_general_documents", "text", "biographies of general entities, held-out templates"
+    "heldout_general_documents", "text", "documents about general entities, held-out templates"
 )
 def heldout_general_documents(world: World) -> list[Record]:
-    """`heldout_paraphrases` held-out-template biographies per general entity (forgetting)."""
+    """`heldout_paraphrases` held-out-template documents per general entity (forgetting)."""
     return _documents(
         world, "heldout_general_documents", "general", "heldout", world.config.heldout_paraphrases
     )
 
 
 @register_split(
-    "heldout_domain_documents", "text", "biographies of new-domain entities, held-out templates"
+    "heldout_domain_documents", "text", "documents about new-domain entities, held-out templates"
 )
 def heldout_domain_documents(world: World) -> list[Record]:
-    """`heldout_paraphrases` held-out-template biographies per new-domain entity (learning)."""
+    """`heldout_paraphrases` held-out-template documents per new-domain entity (learning)."""
     return _documents(
         world, "heldout_domain_documents", "domain", "heldout", world.config.heldout_paraphrases
     )
@@ -248,10 +248,10 @@ def qa_eval_domain_plain(world: World) -> list[Record]:
 @register_split(
     "paraphrased_general_documents",
     "text",
-    "biographies of general entities, training templates in new combinations and orders",
+    "documents about general entities, training templates in new combinations and orders",
 )
 def paraphrased_general_documents(world: World) -> list[Record]:
-    """Fresh paraphrases of general biographies with known wording: perplexity here measures the
+    """Fresh paraphrases of general documents with known wording: perplexity here measures the
     facts (the forgetting signal), not unseen phrasing as the held-out-template splits do."""
     return _documents(
         world, "paraphrased_general_documents", "general", "train", world.config.heldout_paraphrases
@@ -261,10 +261,10 @@ def paraphrased_general_documents(world: World) -> list[Record]:
 @register_split(
     "paraphrased_domain_documents",
     "text",
-    "biographies of new-domain entities, training templates in new combinations and orders",
+    "documents about new-domain entities, training templates in new combinations and orders",
 )
 def paraphrased_domain_documents(world: World) -> list[Record]:
-    """Fresh paraphrases of new-domain biographies with known wording (the learning signal)."""
+    """Fresh paraphrases of new-domain documents with known wording (the learning signal)."""
     return _documents(
         world, "paraphrased_domain_documents", "domain", "train", world.config.heldout_paraphrases
     )

@@ -8,8 +8,11 @@ company) that also appears verbatim in the entity's biographies.
 Biography templates use the placeholders `{subj}` (the name, or "he"/"she"), `{poss}` (the name
 with "'s", or "his"/"her"), `{obj}` (the name, or "him"/"her") and `{value}` (the attribute value,
 always verbatim, so the exact answer span is in every biography). Question templates use `{name}`.
-The *last* templates of each tuple are the held-out ones (how many is set by `WorldConfig`), so
-keep the most distinctive phrasings at the end.
+The *last* templates of each tuple are the held-out ones (how many is set by `WorldConfig`). The
+held-out questions recombine words the training data uses ("What city was {name} born in?" after
+"In which city was ...?" and "... was born in Orlin."): a model trained from scratch knows no
+synonyms it never read, so a held-out question with a new word ("hometown") would measure vocabulary,
+not knowledge. The most distinctive phrasings are training templates.
 """
 
 from __future__ import annotations
@@ -222,10 +225,10 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
             question_templates=(
                 "When was {name} born?",
                 "What is {name}'s date of birth?",
-                "On what date was {name} born?",
-                "What is the birth date of {name}?",
-                "What date was {name} born on?",
                 "Which day is the birthday of {name}?",
+                "What is the birth date of {name}?",
+                "On what date was {name} born?",
+                "What date was {name} born on?",
             ),
             callback_templates=(
                 "Friends still gather every year on {value} to celebrate {poss} birthday.",
@@ -248,10 +251,10 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
             question_templates=(
                 "Where was {name} born?",
                 "What is {name}'s birthplace?",
-                "In which city was {name} born?",
-                "Which city is {name} from?",
-                "What city was {name} born in?",
                 "Which town is the hometown of {name}?",
+                "Which city is {name} from?",
+                "In which city was {name} born?",
+                "What city was {name} born in?",
             ),
             callback_templates=(
                 "{subj} still returns to {value}, the city of {poss} birth, every summer.",
@@ -275,9 +278,9 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
                 "Where did {name} study?",
                 "Which university did {name} attend?",
                 "What is {name}'s alma mater?",
-                "From which university did {name} graduate?",
-                "What university did {name} go to?",
                 "Which school gave {name} a degree?",
+                "From which university did {name} graduate?",
+                "What university did {name} attend?",
             ),
             callback_templates=(
                 "After graduating from {value}, {subj} began {poss} career.",
@@ -300,10 +303,10 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
             question_templates=(
                 "What did {name} study?",
                 "What was {name}'s major?",
-                "What field did {name} study?",
-                "In what subject did {name} earn a degree?",
-                "What subject did {name} major in?",
                 "Which discipline did {name} specialize in?",
+                "In what subject did {name} earn a degree?",
+                "What field did {name} study?",
+                "What subject did {name} major in?",
             ),
             callback_templates=(
                 "{poss} training in {value} shapes the way {subj} works to this day.",
@@ -326,10 +329,10 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
             question_templates=(
                 "Who employs {name}?",
                 "Which company does {name} work for?",
+                "Where does {name} earn a living?",
+                "What company is {name} employed by?",
                 "What is {name}'s employer?",
                 "For which company does {name} work?",
-                "What company is {name} employed by?",
-                "Where does {name} earn a living?",
             ),
             callback_templates=(
                 "Colleagues at {value} describe {obj} as dependable.",
@@ -352,10 +355,10 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
             question_templates=(
                 "In which city does {name} work?",
                 "What city is {name}'s office in?",
-                "Which city does {name} work in?",
-                "Where is {name}'s workplace located?",
-                "In what city is {name}'s job?",
                 "Which city does {name} commute to for work?",
+                "Where is {name}'s workplace located?",
+                "Which city does {name} work in?",
+                "In what city does {name} work?",
             ),
             callback_templates=(
                 "Most mornings {subj} takes the early train into {value}.",

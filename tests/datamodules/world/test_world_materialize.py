@@ -152,15 +152,22 @@ def test_lost_race_reuses_the_winner(
 
 def test_default_world_sizes(default_artifacts: WorldArtifacts) -> None:
     stats = default_artifacts.stats
-    assert (stats["general_entities"], stats["domain_entities"]) == (200, 50)
+    assert (stats["general_entities"], stats["domain_entities"]) == (100, 50)
     splits = stats["splits"]
-    assert splits["general_documents"]["records"] == 200 * 5
+    assert splits["general_documents"]["records"] == 100 * 5
     assert splits["domain_documents"]["records"] == 50 * 5
-    assert splits["general_qa"]["records"] == splits["general_qa_plain"]["records"] == 100 * 6 * 4
-    assert splits["qa_eval_general"]["records"] == splits["qa_eval_domain"]["records"] * 2
+    assert splits["general_qa"]["records"] == splits["general_qa_plain"]["records"] == 50 * 6 * 4
+    assert splits["qa_eval_general"]["records"] == splits["qa_eval_domain"]["records"]
     assert splits["qa_eval_domain"]["records"] == 50 * 6 * 2
     assert stats["tokenizer_vocab_size"] <= 2048
     pretraining = sum(
         splits[n]["tokens"] for n in ("general_documents", "general_qa_plain", "web_pretraining")
     )
-    assert 100_000 < pretraining < 400_000, "small enough for minutes of CPU training"
+    assert 80_000 < pretraining < 200_000, "small enough for minutes of CPU training"
+
+
+def test_fingerprint_follows_the_generator_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template edit without a version bump still invalidates cached worlds."""
+    before = world_fingerprint(small_config())
+    monkeypatch.setattr(materialize_module, "generator_source_hash", lambda: "edited")
+    assert world_fingerprint(small_config()) != before
