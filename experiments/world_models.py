@@ -10,12 +10,13 @@
 
 Each stage is an ordinary `fit` through the CLI (`experiments/configs/world_models/<size>/`), so
 the models are trained by the same module, data pipeline and callbacks as every experiment. A stage
-is cached under `<cache_dir>/<size>-seed<seed>-<fingerprint>/<stage>/` (a `save_pretrained`
-directory with the tokenizer, written atomically) beside `<stage>.json`, its manifest (fingerprint,
-metrics at the end of training, wall time). The fingerprint hashes the stage's config (includes
-resolved), the seed, the world generator's version, the parent stage's fingerprint and the torch
-and transformers versions, so a changed recipe never reuses a stale model; a complete stage is
-reused as is. `<cache_dir>/<size>-seed<seed>` is a symbolic link to the lineage built last, so
+is cached under `<cache_dir>/<size>-seed<seed>-<pretrained fingerprint>/<stage>/` (a
+`save_pretrained` directory with the tokenizer, written atomically) beside `<stage>.json`, its
+manifest (fingerprint, metrics at the end of training, wall time). A stage's fingerprint hashes its
+config with every fragment resolved, the world (config and generator source), the seed, the parent
+stage's fingerprint and the torch and transformers versions, so a changed recipe never reuses a
+stale model (a changed `chat` recipe rebuilds `chat` only); a complete stage is reused as is.
+`<cache_dir>/<size>-seed<seed>` is a symbolic link to the directory built last, so
 configs can name `.cache/adaptlm/world_models/default-seed0/pretrained` (replaced atomically).
 """
 
@@ -191,8 +192,9 @@ def build_world_models(
     for stage in STAGES:
         fingerprints[stage] = stage_fingerprint(size, stage, seed, parent)
         parent = fingerprints[stage]
-    # One directory per lineage: the last stage's fingerprint covers all earlier ones.
-    root = cache_dir / f"{size}-seed{seed}-{fingerprints[STAGES[-1]]}"
+    # One directory per `pretrained` model; a later stage whose recipe changed is rebuilt in it
+    # (its manifest's fingerprint no longer matches), the stages before it are kept.
+    root = cache_dir / f"{size}-seed{seed}-{fingerprints[STAGES[0]]}"
     built: dict[str, WorldModel] = {}
     for stage in STAGES:
         if stage not in wanted:

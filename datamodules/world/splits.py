@@ -187,62 +187,32 @@ def heldout_domain_documents(world: World) -> list[Record]:
     )
 
 
-@register_split(
-    "qa_eval_general",
-    "qa",
-    "QA on QA-trained general entities, held-out question templates, chat prompts",
-)
-def qa_eval_general(world: World) -> list[Record]:
-    """One record per entity, attribute and held-out question template (chat prompts)."""
-    return _qa_eval(world, world.general_qa_entities, "chat")
+QA_EVAL_SETS: dict[str, tuple[str, str]] = {
+    "general": ("general_qa_entities", "QA-trained general entities"),
+    "general_bio_only": ("general_bio_only_entities", "general entities seen in documents only"),
+    "domain": ("domain_entities", "new-domain entities"),
+}
+"""The evaluation QA sets: name -> (the `World` property listing their entities, description)."""
 
 
-@register_split(
-    "qa_eval_general_bio_only",
-    "qa",
-    "QA on general entities seen in documents only, held-out question templates, chat prompts",
-)
-def qa_eval_general_bio_only(world: World) -> list[Record]:
-    """One record per entity, attribute and held-out question template (chat prompts)."""
-    return _qa_eval(world, world.general_bio_only_entities, "chat")
+def _register_qa_eval(name: str, entities_of: str, who: str, qa_format: QAFormat) -> None:
+    suffix, prompts = (
+        ("", "chat prompts") if qa_format == "chat" else ("_plain", "plain-text prompts")
+    )
+
+    def render(world: World) -> list[Record]:
+        """One record per entity, attribute and held-out question template."""
+        return _qa_eval(world, getattr(world, entities_of), qa_format)
+
+    register_split(
+        f"qa_eval_{name}{suffix}", "qa", f"QA on {who}, held-out question templates, {prompts}"
+    )(render)
 
 
-@register_split(
-    "qa_eval_domain", "qa", "QA on new-domain entities, held-out question templates, chat prompts"
-)
-def qa_eval_domain(world: World) -> list[Record]:
-    """One record per entity, attribute and held-out question template (chat prompts)."""
-    return _qa_eval(world, world.domain_entities, "chat")
-
-
-@register_split(
-    "qa_eval_general_plain",
-    "qa",
-    "QA on QA-trained general entities, held-out question templates, plain-text prompts",
-)
-def qa_eval_general_plain(world: World) -> list[Record]:
-    """One record per entity, attribute and held-out question template (plain-text prompts)."""
-    return _qa_eval(world, world.general_qa_entities, "plain")
-
-
-@register_split(
-    "qa_eval_general_bio_only_plain",
-    "qa",
-    "QA on general entities seen in documents only, held-out question templates, plain-text prompts",
-)
-def qa_eval_general_bio_only_plain(world: World) -> list[Record]:
-    """One record per entity, attribute and held-out question template (plain-text prompts)."""
-    return _qa_eval(world, world.general_bio_only_entities, "plain")
-
-
-@register_split(
-    "qa_eval_domain_plain",
-    "qa",
-    "QA on new-domain entities, held-out question templates, plain-text prompts",
-)
-def qa_eval_domain_plain(world: World) -> list[Record]:
-    """One record per entity, attribute and held-out question template (plain-text prompts)."""
-    return _qa_eval(world, world.domain_entities, "plain")
+# qa_eval_{general,general_bio_only,domain} (chat prompts), then the same with `_plain`.
+for _format in ("chat", "plain"):
+    for _name, (_entities_of, _who) in QA_EVAL_SETS.items():
+        _register_qa_eval(_name, _entities_of, _who, _format)
 
 
 @register_split(
