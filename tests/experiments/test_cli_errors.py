@@ -99,7 +99,7 @@ def test_bad_model_name_or_path_is_one_line_and_leaves_no_config(
     args = [
         "fit",
         "--config",
-        str(CONFIG_DIR / "demo" / "cpt.yaml"),
+        str(CONFIG_DIR / "cpt" / "world_base.yaml"),
         f"--model.init_args.model_name_or_path={model_dir}",
         *outputs(tmp_path / "runs"),
         *small_world_args,
