@@ -207,6 +207,14 @@ def build_world_models(
         parent_path = built["pretrained"].path if stage == "chat" else None
         if (root / stage).exists():
             shutil.rmtree(root / stage)  # an export whose manifest never got written
+        log.info(
+            "training the %s %s world model (seed %d) into %s; a few minutes on 2 CPU cores, "
+            "reused from the cache afterwards",
+            size,
+            stage,
+            seed,
+            root / stage,
+        )
         started = time.perf_counter()
         metrics = _train_stage(size, stage, seed, root, cache_dir, parent_path)
         manifest = {
