@@ -25,7 +25,6 @@ from common.atomic import atomic_file
 
 log = logging.getLogger("experiments.calibrate_world")
 
-CPT_CONFIG = Path(__file__).resolve().parent / "configs" / "cpt" / "world_base.yaml"
 NEW = "knowledge/qa_em/domain"
 RETAINED_PREFIXES = ("knowledge/qa_em/general", "knowledge/qa_em/skill_")
 
@@ -40,30 +39,20 @@ def retained(metrics: dict[str, float]) -> dict[str, float]:
 def run_cpt(
     base: Path, qa_format: str, lr: float, seed: int, size_args: Sequence[str], out: Path
 ) -> tuple[dict, dict]:
-    """One CPT run; returns the metrics before and after."""
-    from callbacks import KnowledgeEvalCallback
-    from experiments.cli import build_cli
+    """One CPT run (the demo's, at `lr`, `seed` and `qa_format`); returns the metrics before and
+    after."""
+    from experiments.demo import before_and_after
+    from experiments.demo import run_cpt as demo_cpt
 
-    args = [
-        "--config",
-        str(CPT_CONFIG),
-        f"--model.init_args.model_name_or_path={base}",
+    extra = [
         f"--model.init_args.optimizer.init_args.lr={lr}",
         f"--data.init_args.qa_format={qa_format}",
         f"--seed_everything={seed}",
         f"--data.init_args.world.seed={seed}",
-        f"--trainer.default_root_dir={out}",
-        f"--trainer.logger.init_args.save_dir={out}",
         f"--trainer.logger.init_args.name=cpt-{qa_format}-lr{lr:g}",
         *size_args,
     ]
-    cli = build_cli(args, run=False)
-    callback = next(c for c in cli.trainer.callbacks if isinstance(c, KnowledgeEvalCallback))
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    history = callback.history
-    before = next(e["metrics"] for e in history if e["stage"] == "fit_start")
-    after = [e["metrics"] for e in history if e["stage"] == "fit_end"][-1]
-    return before, after
+    return before_and_after(demo_cpt(base, out, extra))
 
 
 def summarize(row: dict[str, Any]) -> dict[str, Any]:

@@ -94,6 +94,14 @@ class AdaptLMCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+def find_callback(trainer: Any, kind: type) -> Any:
+    """The trainer's callback of type `kind`; a config without one is a `RuntimeError`."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, kind):
+            return callback
+    raise RuntimeError(f"the run's config has no {kind.__name__} callback")
+
+
 def build_cli(args: Sequence[str] | None = None, run: bool = True) -> AdaptLMCLI:
     """Parse `args` (default: `sys.argv[1:]`), instantiate, and run the subcommand when `run`."""
     silence_known_noise()

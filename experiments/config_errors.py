@@ -8,12 +8,27 @@ lines), rebuilds the key and lists what the class accepts, closest matches first
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
+import logging
 import re
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from common.errors import ConfigError
+
+log = logging.getLogger("experiments")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for the non-Trainer commands: a usage error is one logged line naming the command's
+    `--help`, and exit status 2 (like the rest of the CLI)."""
+
+    def error(self, message: str) -> NoReturn:
+        log.error("%s (run `%s --help` for every option)", message, self.prog)
+        sys.exit(2)
+
 
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS_PATH = re.compile(r"(?:given class_path |class_path=)'([\w.]+)'")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from callbacks import KnowledgeEvalCallback
-from experiments.cli import build_cli
+from experiments.cli import build_cli, find_callback
 from experiments.world_models import DEFAULT_CACHE_DIR, build_world_models
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -36,14 +36,6 @@ ROWS = [
     ("held-out domain perplexity", "knowledge/ppl/domain", "{:.2f}"),
     ("held-out general perplexity", "knowledge/ppl/general", "{:.2f}"),
 ]
-
-
-def find_callback(trainer: Any, kind: type) -> Any:
-    """The trainer's callback of type `kind` (the demo configs always add one)."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, kind):
-            return callback
-    raise RuntimeError(f"the demo config has no {kind.__name__}")
 
 
 def run_cpt(base: Path, output_dir: Path, extra: Sequence[str] = ()) -> Any:
@@ -63,6 +55,14 @@ def run_cpt(base: Path, output_dir: Path, extra: Sequence[str] = ()) -> Any:
     cli = build_cli(args, run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli.trainer
+
+
+def before_and_after(trainer: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """The knowledge metrics of a finished `fit`: before the first step and at its end."""
+    history = find_callback(trainer, KnowledgeEvalCallback).history
+    before = next(e["metrics"] for e in history if e["stage"] == "fit_start")
+    after = [e["metrics"] for e in history if e["stage"] == "fit_end"][-1]
+    return before, after
 
 
 def format_table(before: dict[str, float], after: dict[str, float]) -> str:
@@ -91,9 +91,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     base = build_world_models("default", 0, options.cache_dir, ["pretrained"])["pretrained"]
     log.info("base model: %s", base.path)
     cpt = run_cpt(base.path, options.output_dir)
-    history = find_callback(cpt, KnowledgeEvalCallback).history
-    before = next(e["metrics"] for e in history if e["stage"] == "fit_start")
-    after = [e["metrics"] for e in history if e["stage"] == "fit_end"][-1]
+    before, after = before_and_after(cpt)
     wall = time.perf_counter() - started
 
     sys.stdout.write("\nContinual pre-training on the synthetic world's new-domain documents\n\n")

@@ -18,28 +18,21 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from common.atomic import atomic_file
 from common.errors import AdaptLMError, ConfigError
 from common.paths import resolve_path
+from experiments.config_errors import OneLineParser
 
 log = logging.getLogger("experiments.evaluate")
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one logged line and exit status 2 (like the rest of the CLI)."""
-
-    def error(self, message: str) -> NoReturn:
-        log.error("%s (run `python -m experiments evaluate --help` for every option)", message)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments; `--help` documents every option."""
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="python -m experiments evaluate",
         description=(
             "Knowledge evaluation of an exported model: greedy exact match on QA sets (overall "

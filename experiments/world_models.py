@@ -22,7 +22,6 @@ configs can name `.cache/adaptlm/world_models/default-seed0/pretrained` (replace
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -33,9 +32,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from common.atomic import atomic_file
+from experiments.config_errors import OneLineParser
 
 log = logging.getLogger("experiments.world_models")
 
@@ -145,7 +145,7 @@ def _train_stage(
 ) -> dict[str, float]:
     """Run the stage's `fit` through the CLI; the export lands in `root/stage`. Returns metrics."""
     from callbacks import ExportCallback, KnowledgeEvalCallback
-    from experiments.cli import build_cli
+    from experiments.cli import build_cli, find_callback
 
     logs = root / "logs"
     args = [
@@ -162,10 +162,9 @@ def _train_stage(
     if parent is not None:
         args.append(f"--model.init_args.model_name_or_path={parent}")
     cli = build_cli(args, run=False)
-    callbacks = {type(c): c for c in cli.trainer.callbacks}
-    callbacks[ExportCallback].dirpath = str(root / stage)
+    find_callback(cli.trainer, ExportCallback).dirpath = str(root / stage)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    history = callbacks[KnowledgeEvalCallback].history
+    history = find_callback(cli.trainer, KnowledgeEvalCallback).history
     return dict(history[-1]["metrics"]) if history else {}
 
 
@@ -246,15 +245,9 @@ def _link_latest(root: Path) -> Path:
     return link
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        log.error("%s (run `python -m experiments world-models --help`)", message)
-        sys.exit(2)
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, WorldModel]:
     """Command-line entry point; prints one line per stage: its path and its metrics."""
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="python -m experiments world-models",
         description="Build (or reuse) the synthetic world's pretrained and chat base models.",
     )
