@@ -250,11 +250,11 @@ ATTRIBUTES: dict[str, AttributeSpec] = {
             ),
             question_templates=(
                 "Where was {name} born?",
-                "What is {name}'s birthplace?",
-                "Which town is the hometown of {name}?",
-                "Which city is {name} from?",
                 "In which city was {name} born?",
+                "What is {name}'s birthplace?",
+                "Which city is {name} from?",
                 "What city was {name} born in?",
+                "Where is {name} from?",
             ),
             callback_templates=(
                 "{subj} still returns to {value}, the city of {poss} birth, every summer.",

@@ -5,6 +5,8 @@ turn), `<|pad|>`, `<|user|>`, `<|assistant|>`. The pre-tokenizer prepends a spac
 segment (at the start and after each special token), so a word gets the same token at the start
 of a document, inside a sentence, alone, and right after `<|assistant|>`; the decoder removes that
 one leading space again, so `decode(encode(text)) == text` for text without special tokens.
+Digits are split into single tokens (after the byte-level mapping, so " 47" is `Ġ`, `4`, `7`):
+the addition skill then works digit by digit instead of memorizing a token per number.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
     tokenizer.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

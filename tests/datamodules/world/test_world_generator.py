@@ -359,3 +359,40 @@ def test_paraphrases_are_new_texts_in_training_wording_with_every_fact(group: st
     for entity, text in zip(world.entities_of(group), paraphrased):
         assert all(value in text for value in entity.attributes.values())
         assert not any(text.startswith(prefix) for prefix in heldout_wording if len(prefix) > 8)
+
+
+def _words(template: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", re.sub(r"\{[a-z]+\}", " ", template.lower())))
+
+
+def test_heldout_questions_use_only_words_the_training_text_has(small_world: World) -> None:
+    """A model trained from scratch knows no synonym it never read: a held-out question with a new
+    word would measure vocabulary, not knowledge (docs/world.md)."""
+    training: set[str] = {"s"}  # the possessive "'s"
+    for attribute in ATTRIBUTES:
+        for template in (
+            small_world.bio_templates(attribute, "train")
+            + small_world.callback_templates(attribute, "train")
+            + small_world.question_templates(attribute, "train")
+        ):
+            training |= _words(template)
+    for _attributes, template in small_world.lead_templates():
+        training |= _words(template)
+    for attribute in ATTRIBUTES:
+        for question in small_world.question_templates(attribute, "heldout"):
+            assert _words(question) <= training, (attribute, question, _words(question) - training)
+
+
+def test_each_heldout_question_shares_its_key_words_with_its_own_attribute() -> None:
+    """The two city attributes are told apart by "born" and "work": a held-out question names the
+    verb of its own attribute, which some training question of that attribute also has."""
+    own = {"birth_city": "born", "work_city": "work"}
+    for attribute, verb in own.items():
+        questions = ATTRIBUTES[attribute].question_templates
+        heldout, train = questions[-2:], questions[:-2]
+        other = next(v for a, v in own.items() if a != attribute)
+        for question in heldout:
+            words = _words(question)
+            assert other not in words, question
+            assert verb in words or "from" in words, question
+        assert any(verb in _words(t) and "city" in _words(t) for t in train), train

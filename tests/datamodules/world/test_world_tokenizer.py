@@ -95,3 +95,13 @@ def test_training_is_deterministic(small_artifacts: WorldArtifacts) -> None:
     # Order-independent (it counts pairs over the whole corpus), content-dependent.
     assert train_tokenizer(corpus[::-1], 400).to_str() == first
     assert train_tokenizer(read_texts(small_artifacts, "domain_documents"), 400).to_str() != first
+
+
+def test_digits_are_single_tokens(tokenizer) -> None:
+    """Every number is spelled digit by digit, so sums never seen whole can be composed."""
+    digit_tokens = [t for t in tokenizer.get_vocab() if any(c.isdigit() for c in t)]
+    assert digit_tokens and all(len(t) == 1 for t in digit_tokens), digit_tokens
+    ids = _ids(tokenizer, "What is 47 + 12? 59")
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert [t for t in tokens if t.isdigit()] == list("471259")
+    assert tokenizer.decode(ids) == "What is 47 + 12? 59"
