@@ -376,9 +376,10 @@ class PackedDataset(torch.utils.data.Dataset):
 
 class KeyedBatches(torch.utils.data.Dataset):
     """Adapter for a `DataLoader` with `batch_size=None` whose sampler yields whole micro-batches
-    of keys: `batches[keys]` returns the list of rows that `collate_rows` turns into a batch."""
+    of keys: `batches[keys]` returns the list of rows that the loader's `collate_fn` (`collate_rows`
+    by default) turns into a batch."""
 
-    def __init__(self, dataset: PackedDataset) -> None:
+    def __init__(self, dataset: PackedDataset | torch.utils.data.Dataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:

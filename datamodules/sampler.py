@@ -5,6 +5,8 @@
 - `GlobalStepBatchSampler` permutes the epoch's rows with an RNG seeded by `(seed, epoch)` and cuts
   the order into global steps of `G = micro_batch_size × accumulate_grad_batches × world_size`
   samples; rank `r`, micro-batch `m` of step `k` takes `order[k·G + m·world·B + r·B : … + B]`.
+  A step's `step_weight` sums the epoch's row weights (`GlobalStepBatchSampler.epoch_row_weights`:
+  the same every epoch, or per epoch from an `epoch_weights` callable or a subclass).
 - `ResumableDataLoader` keeps one global counter `{"epoch", "consumed_samples"}` derived from the
   trainer's progress, so a resumed run (any world size with the same `G`) sees exactly the samples
   of an uninterrupted one.
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from common.errors import ConfigError
 from datamodules.packing import KeyedBatches, PackedDataset, collate_rows
@@ -158,7 +160,8 @@ class GlobalStepBatchSampler(DistributedSampler):
     Args:
         row_weights: `float64` total loss weight of every dataset row (`PackedDataset.row_weights`:
             its target-token count for `token` weighting, completion tokens only for masked
-            prompts); a step's `step_weight` is their sum over the step's rows.
+            prompts); a step's `step_weight` is their sum over the step's rows. With
+            `epoch_weights` it only gives the number of rows (and the weights of nothing else).
         micro_batch_size: Rows per micro-batch (`B`).
         accumulate_grad_batches: Micro-batches per optimizer step on each rank.
         world_size: Number of ranks.
@@ -168,6 +171,11 @@ class GlobalStepBatchSampler(DistributedSampler):
             row once.
         num_samples: Samples per epoch (required with `epoch_samples`).
         shuffle: Permute each epoch (default); False keeps the `epoch_samples` order.
+        epoch_weights: `epoch -> float64[len(row_weights)]`, the row weights of one epoch, for data
+            whose weights change from epoch to epoch (DiSC: 1 for a document whose draw at that
+            epoch keeps a split, else 0); must be a pure function of the epoch, so a resumed run
+            gets the same step weights. Default: `row_weights` at every epoch. See
+            `epoch_row_weights`, the hook a subclass may override instead.
     """
 
     def __init__(
@@ -182,6 +190,7 @@ class GlobalStepBatchSampler(DistributedSampler):
         epoch_samples: Callable[[int], np.ndarray] | None = None,
         num_samples: int | None = None,
         shuffle: bool = True,
+        epoch_weights: Callable[[int], np.ndarray] | None = None,
     ) -> None:
         torch.utils.data.Sampler.__init__(self)
         for name, value in (
@@ -194,6 +203,7 @@ class GlobalStepBatchSampler(DistributedSampler):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.row_weights = np.asarray(row_weights, dtype=np.float64)
+        self.epoch_weights = epoch_weights
         self.micro_batch_size = int(micro_batch_size)
         self.accumulate_grad_batches = int(accumulate_grad_batches)
         self.num_replicas = self.world_size = int(world_size)
@@ -239,9 +249,24 @@ class GlobalStepBatchSampler(DistributedSampler):
         """Start the next iteration after `consumed_samples` samples of the epoch's order."""
         self.start_sample = int(consumed_samples)
 
+    def epoch_row_weights(self, epoch: int) -> np.ndarray:
+        """`float64[rows]`: the loss weight of every row at `epoch`, whose sums over a step's rows
+        are the `step_weight`s. The per-epoch hook: `epoch_weights(epoch)` when given, else
+        `row_weights`. A subclass may override it; like `epoch_weights` it must be a pure function
+        of `epoch`. Called once per epoch (the sampler keeps the arrays of its latest epoch)."""
+        if self.epoch_weights is None:
+            return self.row_weights
+        return self.epoch_weights(epoch)
+
     def _epoch_arrays(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1], self._cache[2]
+        row_weights = np.asarray(self.epoch_row_weights(epoch), dtype=np.float64)
+        if row_weights.shape != self.row_weights.shape:
+            raise ValueError(
+                f"the row weights of epoch {epoch} have shape {row_weights.shape}, expected "
+                f"{self.row_weights.shape} (one per row)"
+            )
         samples = np.asarray(self._epoch_samples(epoch), dtype=np.int64)
         if len(samples) != self.epoch_length:
             raise ValueError(f"epoch_samples returned {len(samples)}, expected {self.epoch_length}")
@@ -250,7 +275,7 @@ class GlobalStepBatchSampler(DistributedSampler):
                 np.random.default_rng([self.seed, int(epoch)]).permutation(len(samples))
             ]
         usable = samples[: self.total_size]
-        step_weights = self.row_weights[usable].reshape(-1, self.global_batch_size).sum(axis=1)
+        step_weights = row_weights[usable].reshape(-1, self.global_batch_size).sum(axis=1)
         empty = int(np.count_nonzero(step_weights == 0))
         if empty:
             log.warning(
@@ -334,20 +359,23 @@ class ResumableDataLoader(DataLoader):
     epoch is the sampler's (`set_epoch`).
 
     Args:
-        dataset: The rows.
+        dataset: The rows: a `PackedDataset`, or any dataset indexed by the sampler's keys.
         sampler: The global-step order of this rank.
         progress: The trainer (anything with `global_step` and `current_epoch`), or None.
+        collate_fn: Turns the list of `dataset[key]` items of one micro-batch into the batch
+            (picklable, for workers); default `collate_rows`, the batch dict of `docs/design.md`.
         num_workers: Worker processes that build batches.
         pin_memory: Pin batches in page-locked memory (CUDA).
-        **kwargs: Further `DataLoader` arguments (not `batch_size`, `sampler`, `collate_fn`).
+        **kwargs: Further `DataLoader` arguments (not `batch_size`, `sampler`).
     """
 
     def __init__(
         self,
-        dataset: PackedDataset,
+        dataset: PackedDataset | Dataset,
         sampler: GlobalStepBatchSampler,
         *,
         progress: TrainerProgress | None = None,
+        collate_fn: Callable[[list[Any]], Any] = collate_rows,
         num_workers: int = 0,
         pin_memory: bool = False,
         **kwargs: Any,
@@ -358,7 +386,7 @@ class ResumableDataLoader(DataLoader):
             KeyedBatches(dataset),
             sampler=sampler,
             batch_size=None,
-            collate_fn=collate_rows,
+            collate_fn=collate_fn,
             num_workers=num_workers,
             pin_memory=pin_memory,
             **kwargs,

@@ -1,6 +1,7 @@
 """LightningModules: the shared base (`CausalLMModule`) and one module per method."""
 
 from lightning_modules.base import CausalLMModule
+from lightning_modules.disc import DiSCModule
 from lightning_modules.forward import CausalLMWithLoss, TeacherInputs
 from lightning_modules.modeling import LoraSettings, ModelSource
 from lightning_modules.schedulers import WarmupCosineLR
@@ -9,6 +10,7 @@ from lightning_modules.teacher import Teacher, TeacherSettings
 __all__ = [
     "CausalLMModule",
     "CausalLMWithLoss",
+    "DiSCModule",
     "LoraSettings",
     "ModelSource",
     "Teacher",

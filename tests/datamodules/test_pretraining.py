@@ -15,6 +15,7 @@ import torch
 from common import IGNORE_INDEX
 from common.errors import ConfigError, DataError
 from datamodules import store as store_module
+from datamodules.packing import collate_rows
 from datamodules.pretraining import PretrainingDataModule
 from datamodules.sampler import ResumableDataLoader
 from datamodules.sources import SourceSpec
@@ -385,3 +386,22 @@ def test_resume_without_trainer_counts_delivered_batches(
     fresh = dm.train_dataloader()
     fresh.load_state_dict(state)
     assert [b["sample_index"].tolist() for b in fresh] == full[4:]
+
+
+def test_loader_collate_fn_defaults_to_collate_rows(
+    tiny_tokenizer_dir: Path, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    dm = make_dm(tiny_tokenizer_dir, sources, tmp_path)
+    dm.setup("fit")
+    default = ResumableDataLoader(dm.train_dataset, dm.train_sampler())
+    assert default.collate_fn is collate_rows
+    seen: list[int] = []
+
+    def keys_only(rows: list[dict[str, Any]]) -> list[int]:
+        seen.append(len(rows))
+        return [int(r["sample_index"]) for r in rows]
+
+    custom = ResumableDataLoader(dm.train_dataset, dm.train_sampler(), collate_fn=keys_only)
+    assert [b for b in custom] == [b["sample_index"].tolist() for b in default]
+    assert seen and set(seen) == {2}
+    assert custom.state_dict()["consumed_samples"] == len(seen) * 2

@@ -195,3 +195,35 @@ def test_sampler_rejects_bad_layouts(tokens: np.ndarray) -> None:
         GlobalStepBatchSampler(tokens, micro_batch_size=1, world_size=2, rank=2)
     with pytest.raises(ValueError, match="micro_batch_size"):
         GlobalStepBatchSampler(tokens, micro_batch_size=0)
+
+
+def test_epoch_weights_give_per_epoch_step_weights_and_keep_the_order(tokens: np.ndarray) -> None:
+    def weights(epoch: int) -> np.ndarray:
+        return (np.arange(len(tokens)) % (epoch + 2) == 0).astype(np.float64)
+
+    plain = GlobalStepBatchSampler(tokens, micro_batch_size=2, accumulate_grad_batches=2, seed=4)
+    s = GlobalStepBatchSampler(
+        tokens, micro_batch_size=2, accumulate_grad_batches=2, seed=4, epoch_weights=weights
+    )
+    for epoch in (0, 1, 0):
+        assert np.array_equal(s.epoch_row_weights(epoch), weights(epoch))
+        assert np.array_equal(s.epoch_order(epoch), plain.epoch_order(epoch))
+        batches = run_epoch(s, epoch)
+        for step in range(len(batches) // 2):
+            keys = batches[2 * step] + batches[2 * step + 1]
+            assert {w for _, w in keys} == {float(weights(epoch)[[i for i, _ in keys]].sum())}
+    assert np.array_equal(s.row_weights, tokens)  # the constructor's weights are left alone
+
+
+def test_epoch_row_weights_is_the_subclass_hook(tokens: np.ndarray) -> None:
+    class Doubled(GlobalStepBatchSampler):
+        def epoch_row_weights(self, epoch: int) -> np.ndarray:
+            return self.row_weights * (epoch + 1)
+
+    plain = GlobalStepBatchSampler(tokens, micro_batch_size=4)
+    doubled = Doubled(tokens, micro_batch_size=4)
+    assert np.array_equal(plain.epoch_row_weights(3), tokens)
+    assert np.array_equal(doubled.step_weights(1), 2 * plain.step_weights(1))
+    bad = GlobalStepBatchSampler(tokens, micro_batch_size=4, epoch_weights=lambda _e: np.ones(3))
+    with pytest.raises(ValueError, match="row weights of epoch 0 have shape"):
+        bad.step_weights(0)

@@ -47,6 +47,23 @@ def causal_lm(init_args: str = "") -> str:
     )
 
 
+# DiSC on the shared corpus, whose documents are one sentence each: every word is a "sentence" here,
+# so a document splits into many one-word targets (words of one token are skipped, as DiSC does).
+SPLIT_CONTEXT_DATA = """\
+data:
+  class_path: datamodules.split_context.SplitContextDataModule
+  init_args:
+    tokenizer: {tokenizer}
+    train_sources: [{{path: {train}}}]
+    max_length: 64
+    micro_batch_size: 4
+    num_splits: 5
+    sentence_pattern: '\\s+'
+    seed: 3
+    cache_dir: {cache}
+"""
+
+
 METHODS: list[MethodCase] = [
     MethodCase("causal_lm", causal_lm()),
     MethodCase(
@@ -65,6 +82,13 @@ METHODS: list[MethodCase] = [
             "    teacher: {kind: adapters_disabled}\n"
             "    loss: {ce_weight: 1.0, kl_weight: 1.0, divergence: jsd, beta: 0.5}\n"
         ),
+        has_teacher=True,
+    ),
+    MethodCase(
+        "disc",
+        "model:\n  class_path: lightning_modules.DiSCModule\n  init_args:\n"
+        f"    model_config: {_TINY}\n    attn_implementation: sdpa\n    temperature: 2.0\n",
+        data_yaml=SPLIT_CONTEXT_DATA,
         has_teacher=True,
     ),
 ]
