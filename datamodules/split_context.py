@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 _KEY = "data.init_args"
 
 SPLIT_MODES = ("random", "middle", "uniform", "random_tokens")
+RANDOM_MODES = ("random", "random_tokens")
+"""The split modes that draw afresh at every visit (the others are fixed)."""
 SplitMode = Literal["random", "middle", "uniform", "random_tokens"]
 SENTENCE_SPLITTERS = ("regex", "nltk")
 SentenceSplitter = Literal["regex", "nltk"]
@@ -266,6 +268,23 @@ def document_splits(tokens: np.ndarray, spans: Sequence[tuple[int, int]]) -> Doc
     )
 
 
+def draw_document(
+    tokens: np.ndarray,
+    sentence_lengths: Sequence[int],
+    *,
+    mode: SplitMode,
+    num_splits: int,
+    seed: int,
+    visit: int,
+    document: int,
+) -> DocumentSplits:
+    """The splits of one document (its token sequence and sentence lengths) at one visit: a pure
+    function of its arguments."""
+    rng = draw_rng(seed, visit, document) if mode in RANDOM_MODES else None
+    spans = target_spans(sentence_lengths, mode=mode, num_splits=num_splits, rng=rng)
+    return document_splits(tokens, spans)
+
+
 def split_document(
     sentences: Sequence[Sequence[int]],
     *,
@@ -278,9 +297,15 @@ def split_document(
     """Draw and build the splits of one document (its sentences' token ids) for one visit."""
     lengths = [len(s) for s in sentences]
     tokens = np.fromiter((t for s in sentences for t in s), dtype=np.int64, count=sum(lengths))
-    rng = draw_rng(seed, visit, document) if mode in ("random", "random_tokens") else None
-    spans = target_spans(lengths, mode=mode, num_splits=num_splits, rng=rng)
-    return document_splits(tokens, spans)
+    return draw_document(
+        tokens,
+        lengths,
+        mode=mode,
+        num_splits=num_splits,
+        seed=seed,
+        visit=visit,
+        document=document,
+    )
 
 
 # --------------------------------------------------------------------------------- packing
@@ -297,8 +322,23 @@ def _next_fit(lengths: Sequence[int], width: int) -> list[tuple[int, int]]:
     return places
 
 
-def _width(used: int, max_length: int, multiple: int) -> int:
-    return min(max_length, max(multiple, -(-used // multiple) * multiple))
+def _row_layout(
+    lengths: Sequence[int], max_length: int, multiple: int
+) -> tuple[list[tuple[int, int]], int, int]:
+    """Next-fit places of items of `lengths`, the row count (1 when there are none) and the row
+    width: the used columns rounded up to `multiple`, at most `max_length`."""
+    places = _next_fit(lengths, max_length)
+    rows = places[-1][0] + 1 if places else 1
+    used = max((c + n for (_, c), n in zip(places, lengths)), default=0)
+    width = min(max_length, max(multiple, -(-used // multiple) * multiple))
+    return places, rows, width
+
+
+def _pad_positions(position_ids: np.ndarray, ends: np.ndarray) -> None:
+    """Padding after each row's last segment: one pseudo-segment counting from 0 (as `collate_rows`)."""
+    width = position_ids.shape[1]
+    for r, end in enumerate(ends):
+        position_ids[r, end:] = np.arange(width - end)
 
 
 def pack_documents(
@@ -326,10 +366,9 @@ def pack_documents(
             raise ValueError(
                 f"a document of {len(d.tokens)} tokens exceeds max_length {max_length}"
             )
-    teacher_places = _next_fit([len(d.tokens) for d in kept], max_length)
-    rows_t = teacher_places[-1][0] + 1 if kept else 1
-    used_t = max((c + len(d.tokens) for d, (_, c) in zip(kept, teacher_places)), default=0)
-    width_t = _width(used_t, max_length, pad_to_multiple_of)
+    teacher_places, rows_t, width_t = _row_layout(
+        [len(d.tokens) for d in kept], max_length, pad_to_multiple_of
+    )
     t_ids = np.full((rows_t, width_t), pad_token_id, dtype=np.int64)
     t_pos = np.zeros((rows_t, width_t), dtype=np.int64)
     t_mask = np.zeros((rows_t, width_t), dtype=np.int64)
@@ -340,18 +379,16 @@ def pack_documents(
         t_pos[r, c : c + n] = np.arange(n)
         t_mask[r, c : c + n] = 1
         ends[r] = c + n
-    for r in range(rows_t):  # padding: one pseudo-segment counting from 0 (as `collate_rows`)
-        t_pos[r, ends[r] :] = np.arange(width_t - ends[r])
+    _pad_positions(t_pos, ends)
 
     targets = [
         (d, r * width_t + c, ctx, length, weight)
         for d, (r, c) in zip(kept, teacher_places)
         for (ctx, length), weight in zip(d.splits, d.weights)
     ]
-    student_places = _next_fit([t[3] for t in targets], max_length)
-    rows_s = student_places[-1][0] + 1 if targets else 1
-    used_s = max((c + t[3] for t, (_, c) in zip(targets, student_places)), default=0)
-    width_s = _width(used_s, max_length, pad_to_multiple_of)
+    student_places, rows_s, width_s = _row_layout(
+        [t[3] for t in targets], max_length, pad_to_multiple_of
+    )
     ids = np.full((rows_s, width_s), pad_token_id, dtype=np.int64)
     labels = np.full((rows_s, width_s), IGNORE_INDEX, dtype=np.int64)
     pos = np.zeros((rows_s, width_s), dtype=np.int64)
@@ -368,8 +405,7 @@ def pack_documents(
         weights[r, c + 1 : c + length] = weight
         rows[r, c : c + length - 1] = base + ctx + np.arange(length - 1)
         ends[r] = c + length
-    for r in range(rows_s):
-        pos[r, ends[r] :] = np.arange(width_s - ends[r])
+    _pad_positions(pos, ends)
     arrays = {
         "input_ids": ids,
         "labels": labels,
@@ -490,14 +526,15 @@ class SplitContextDataset(torch.utils.data.Dataset):
         """The splits of `document` at visit (epoch) `visit`: a pure function of them and the seed."""
         lo = self.sentence_offsets[self.document_sentences[document]]
         hi = self.sentence_offsets[self.document_sentences[document + 1]]
-        random = self.mode in ("random", "random_tokens")
-        spans = target_spans(
+        return draw_document(
+            self.tokens[lo:hi],
             self.sentence_lengths(document).tolist(),
             mode=self.mode,
             num_splits=self.num_splits,
-            rng=draw_rng(self.seed, visit, document) if random else None,
+            seed=self.seed,
+            visit=visit,
+            document=document,
         )
-        return document_splits(self.tokens[lo:hi], spans)
 
     def document_weights(self, visit: int) -> np.ndarray:
         """`float64[documents]`: 1 for a document with a kept split at `visit`, else 0 (the
@@ -914,6 +951,7 @@ class WorldSplitContextDataModule(SplitContextDataModule, WorldDataModule):
 __all__ = [
     "DEFAULT_SENTENCE_BOUNDARY",
     "MIN_TARGET_TOKENS",
+    "RANDOM_MODES",
     "SPLIT_MODES",
     "DocumentSplits",
     "EpochSplitStats",
@@ -925,6 +963,7 @@ __all__ = [
     "SplitContextSampler",
     "WorldSplitContextDataModule",
     "document_splits",
+    "draw_document",
     "draw_rng",
     "draw_sentence_indices",
     "draw_token_cuts",
