@@ -4,15 +4,18 @@ Exact match on questions about the new-domain entities measures what continual p
 exact match on the general entities and perplexity on held-out general text measure what it cost
 (forgetting). The model-agnostic functions live in `evaluation.knowledge` (also behind `python -m
 experiments evaluate`); the callback runs them before, during and after `fit`, sharded over ranks,
-and logs `knowledge/qa_em/<set>`, `knowledge/qa_em/<set>/<attribute>` and `knowledge/ppl/<set>`.
+and logs `knowledge/qa_em/<set>`, `knowledge/qa_em/<set>/<attribute>` and `knowledge/ppl/<set>`;
+with `initial_kl`, also `knowledge/kl_initial/<set>`, the mean per-token KL(initial ‖ current) on
+each perplexity set.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -23,6 +26,7 @@ from callbacks._common import eval_mode, get_model, get_tokenizer, run_dir, stra
 from common.errors import ConfigError
 from evaluation.knowledge import (
     QARecord,
+    Reference,
     evaluation_sums,
     load_qa_records,
     load_texts,
@@ -30,8 +34,13 @@ from evaluation.knowledge import (
     model_max_length,
     subsample,
 )
+from lightning_modules.modeling import unwrap
+from lightning_modules.teacher import Teacher
 
 log = logging.getLogger(__name__)
+
+ReferenceSource = Literal["teacher", "adapters_disabled", "copy"]
+"""How `initial_kl`'s initial model was obtained (the cases (1)-(3) of `KnowledgeEvalCallback`)."""
 
 
 class KnowledgeEvalCallback(Callback):
@@ -61,6 +70,9 @@ class KnowledgeEvalCallback(Callback):
         batch_size: prompts (generation) or documents (perplexity) per forward batch on each rank.
         every_n_epochs: during fit, evaluate at the end of validation in every n-th epoch; 0
             never does. `trainer.validate` and `trainer.test` always evaluate.
+        every_n_train_steps: during fit, also evaluate after every n-th optimizer step (stage
+            `train_step`), whether or not validation runs; 0 never does. The checkpoints a
+            selection rule chooses from (`evaluation.selection`).
         on_fit_start: evaluate before the first training step (the "before" row); skipped when
             resuming from a checkpoint.
         on_fit_end: evaluate when training ends (the "after" row).
@@ -68,6 +80,25 @@ class KnowledgeEvalCallback(Callback):
             directory, beside `checkpoints/` (the CSV logger's `log_dir`).
         max_length: longest window in tokens for perplexity (longer documents are scored in
             windows); None uses the model's `max_position_embeddings`.
+        initial_kl: also measure forgetting as the mean per-token KL(p_initial ‖ p_current) over
+            the perplexity windows of every perplexity set (`evaluation.knowledge.chunks_kl`),
+            logged as `knowledge/kl_initial/<set>` (nats per token; exactly 0 at `fit_start`). The
+            initial model is fixed at `on_fit_start`, before any training step, and held during
+            `fit` only (`trainer.validate` / `trainer.test` outside a fit log no KL). It is, in this
+            order: (1) the module's frozen teacher (`pl_module.teacher`) when that teacher is the
+            initial student — kind `adapters_disabled`, or kind `frozen` copied from the student
+            (no `model_name_or_path`, same dtype); no extra memory, and valid on resume since the
+            module rebuilds it from its source; (2) a LoRA (peft) student whose adapters are all
+            zero (`lora_B = 0`, as peft initializes them) and whose base weights are frozen: the
+            student itself with its adapters disabled, no extra memory; (3) otherwise a deep copy
+            of the model taken at `on_fit_start` — **a second copy of the model's weights on its
+            device** — in eval mode, without gradients, and held by this callback, not registered
+            in the LightningModule (never in its `state_dict`, a checkpoint or the optimizer).
+            Resuming from a checkpoint: (1) is used again, (2) again when the checkpointed
+            callback state says (2) was used; a run that needed the copy (3) raises a
+            `ConfigError` at `on_fit_start`, since the initial weights are no longer available
+            (the checkpoint holds the trained ones). The cost is one forward of the initial model
+            per perplexity batch and a second LM-head pass.
     """
 
     def __init__(
@@ -78,16 +109,19 @@ class KnowledgeEvalCallback(Callback):
         max_new_tokens: int = 16,
         batch_size: int = 32,
         every_n_epochs: int = 1,
+        every_n_train_steps: int = 0,
         on_fit_start: bool = True,
         on_fit_end: bool = True,
         results_file: str = "knowledge_eval.jsonl",
         max_length: int | None = None,
+        initial_kl: bool = False,
     ) -> None:
         super().__init__()
         for key, value, minimum in (
             ("max_new_tokens", max_new_tokens, 1),
             ("batch_size", batch_size, 1),
             ("every_n_epochs", every_n_epochs, 0),
+            ("every_n_train_steps", every_n_train_steps, 0),
             ("max_qa_samples", max_qa_samples, 1),
             ("max_length", max_length, 2),
         ):
@@ -101,11 +135,17 @@ class KnowledgeEvalCallback(Callback):
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.every_n_epochs = every_n_epochs
+        self.every_n_train_steps = every_n_train_steps
         self.eval_on_fit_start = on_fit_start
         self.eval_on_fit_end = on_fit_end
         self.results_file = results_file
         self.max_length = max_length
+        self.initial_kl = initial_kl
         self.history: list[dict[str, Any]] = []
+        # The initial model for `initial_kl` (a Teacher view; not a module attribute of pl_module)
+        # and how it was obtained (saved with the callback state, see `load_state_dict`).
+        self._reference: Teacher | None = None
+        self._reference_source: ReferenceSource | None = None
         self.results_path: Path | None = None
         self._qa: dict[str, list[QARecord]] | None = None
         self._texts: dict[str, list[str]] | None = None
@@ -149,12 +189,88 @@ class KnowledgeEvalCallback(Callback):
                 name: self._subsample(load_qa_records(path)) for name, path in qa_paths.items()
             }
             self._texts = {name: load_texts(path) for name, path in text_paths.items()}
+        if self.initial_kl and not self._texts:
+            raise ConfigError(
+                "KnowledgeEvalCallback.initial_kl",
+                "the KL to the initial model is measured on the perplexity sets, and there are "
+                "none; give perplexity_sets or set initial_kl: false",
+            )
         if self.results_path is None:
             path = Path(self.results_file)
             self.results_path = path if path.is_absolute() else run_dir(trainer) / path
 
     def _subsample(self, records: list[QARecord]) -> list[QARecord]:
         return subsample(records, self.max_qa_samples, seed=0)
+
+    def _initial_teacher(self, pl_module: pl.LightningModule) -> Teacher | None:
+        """The module's teacher when it is the initial student (see `initial_kl`), else None."""
+        teacher = getattr(pl_module, "teacher", None)
+        if not isinstance(teacher, Teacher):
+            return None
+        if teacher.kind == "adapters_disabled":
+            return teacher
+        if teacher.kind != "frozen":
+            return None  # frozen_8bit: a quantized approximation of the initial model
+        settings = getattr(pl_module, "teacher_settings", None)
+        if settings is None or getattr(settings, "model_name_or_path", None) is not None:
+            return None  # its own weights, or unknown provenance
+        first = next(iter(teacher.model.parameters()), None)
+        student = next(iter(get_model(pl_module).parameters()), None)
+        if first is None or student is None or first.dtype != student.dtype:
+            return None
+        return teacher
+
+    @staticmethod
+    def _zero_lora_view(model: torch.nn.Module, check_zero: bool) -> Teacher | None:
+        """The peft `model` with its adapters disabled, when that is the initial model: the base
+        weights are frozen and (with `check_zero`) every adapter's output is exactly 0."""
+        if not hasattr(model, "disable_adapter"):
+            return None
+        named = list(model.named_parameters())
+        adapters = [(n, p) for n, p in named if "lora_" in n]
+        base_frozen = all(not p.requires_grad for n, p in named if "lora_" not in n)
+        if not adapters or not base_frozen:
+            return None
+        if check_zero:
+            b_weights = [p for n, p in adapters if "lora_B" in n]
+            others = [n for n, _ in adapters if "lora_A" not in n and "lora_B" not in n]
+            if others or not b_weights or any(bool(p.any()) for p in b_weights):
+                return None  # DoRA magnitudes, embeddings' adapters or non-zero init: copy instead
+        return Teacher("adapters_disabled", model)
+
+    def _setup_reference(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fix the initial model for `initial_kl` (before any training step; see the class doc)."""
+        resuming = trainer.ckpt_path is not None
+        model = get_model(pl_module)
+        teacher = self._initial_teacher(pl_module)
+        lora_view = self._zero_lora_view(model, check_zero=not resuming)
+        if teacher is not None:
+            self._reference, self._reference_source = teacher.to(pl_module.device), "teacher"
+        elif lora_view is not None and (
+            not resuming or self._reference_source == "adapters_disabled"
+        ):
+            # On resume the adapters are trained: trust the checkpointed record that they were
+            # zero at the start (checked then), with the base weights still frozen (checked now).
+            self._reference, self._reference_source = lora_view, "adapters_disabled"
+        elif resuming:
+            raise ConfigError(
+                "KnowledgeEvalCallback.initial_kl",
+                f"resuming from {trainer.ckpt_path}, the initial model's weights are no longer "
+                "available (the checkpoint holds the trained ones, and the KL reference is "
+                "deliberately not saved in it); initial_kl works on resume only when the module "
+                "has a frozen teacher copied from the initial student (model.init_args.teacher: "
+                "{kind: frozen} or, for LoRA, {kind: adapters_disabled}) or a zero-initialized LoRA "
+                "student. Set initial_kl: false to resume without the KL metric",
+            )
+        else:
+            reference = copy.deepcopy(unwrap(model))
+            reference.eval()
+            reference.requires_grad_(False)
+            self._reference, self._reference_source = Teacher("frozen", reference), "copy"
+            log.info(
+                "initial_kl: holding a frozen copy of the initial model (%s parameters)",
+                f"{sum(p.numel() for p in reference.parameters()):,}",
+            )
 
     def evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
@@ -175,6 +291,7 @@ class KnowledgeEvalCallback(Callback):
                 "KnowledgeEvalCallback.max_length",
                 "the model config has no max_position_embeddings; set it",
             )
+        reference: Reference | None = self._reference if self.initial_kl else None
         with eval_mode(model), torch.no_grad(), trainer.precision_plugin.forward_context():
             local = evaluation_sums(
                 model,
@@ -186,6 +303,7 @@ class KnowledgeEvalCallback(Callback):
                 batch_size=self.batch_size,
                 rank=trainer.global_rank,
                 world_size=trainer.world_size,
+                reference=reference,
             )
         slots = list(local)
         sums = torch.tensor([local[k] for k in slots], dtype=torch.float64, device=pl_module.device)
@@ -237,7 +355,10 @@ class KnowledgeEvalCallback(Callback):
         log.info("knowledge eval (%s, step %d): %s", stage, trainer.global_step, summary)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The "before" evaluation (not repeated when resuming from a checkpoint)."""
+        """Fix the initial model (`initial_kl`), then the "before" evaluation (not repeated when
+        resuming from a checkpoint)."""
+        if self.initial_kl:
+            self._setup_reference(trainer, pl_module)
         if self.eval_on_fit_start and trainer.ckpt_path is None:
             self._run(trainer, pl_module, "fit_start", via_module_log=False)
 
@@ -250,6 +371,23 @@ class KnowledgeEvalCallback(Callback):
         ):
             return
         self._run(trainer, pl_module, "validation", via_module_log=True)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Evaluate after every `every_n_train_steps`-th optimizer step (once per step, however
+        many micro-batches it accumulates)."""
+        step = trainer.global_step
+        if self.every_n_train_steps == 0 or step == 0 or step % self.every_n_train_steps != 0:
+            return
+        if self.history and self.history[-1]["step"] == step:
+            return
+        self._run(trainer, pl_module, "train_step", via_module_log=False)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Evaluate under `trainer.test`."""
@@ -266,19 +404,26 @@ class KnowledgeEvalCallback(Callback):
         last = self.history[-1] if self.history else None
         if (
             last is not None
-            and last["stage"] == "validation"
+            and last["stage"] in ("validation", "train_step")
             and last["step"] == trainer.global_step
         ):
-            # Validation just evaluated these very weights: record its figures, do not recompute.
+            # These very weights were just evaluated: record their figures, do not recompute.
             self._record(
                 trainer, pl_module, "fit_end", dict(last["metrics"]), dict(last["counts"]), False
             )
         else:
             self._run(trainer, pl_module, "fit_end", via_module_log=False)
 
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Release the initial model (a copy may hold a second set of weights) after fit."""
+        if stage == "fit":
+            self._reference = None
+
     def state_dict(self) -> dict[str, Any]:
-        """The history travels with checkpoints, so a resumed run keeps its "before" row."""
-        return {"history": self.history}
+        """The history travels with checkpoints, so a resumed run keeps its "before" row; so does
+        how the KL reference was obtained (never its weights)."""
+        return {"history": self.history, "reference_source": self._reference_source}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self._reference_source = state_dict.get("reference_source")

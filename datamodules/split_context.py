@@ -18,7 +18,10 @@ DiSC (Distillation via Split Contexts, `../shared/docs/methods.md`) distils a te
   - `random_tokens` (ablation "random token positions"): sentence boundaries are ignored; the
     document's `T` tokens are cut at `m = min(k, T-2)` positions drawn without replacement from
     `1..T-2`; each cut starts a target that runs to the next cut (the last one to the end). As in
-    the reference, that is `k` cuts, so `k` targets like the other modes.
+    the reference, that is `k` cuts, so `k` targets like the other modes;
+  - `last`: the single index `n-1`, the same at every visit. CD-base
+    (`SelfGeneratedContextDataModule`) reads each document as two segments, the document and the
+    model's continuation of it, so its one target is the continuation and its context the document.
 
   A draw is a pure function of `(seed, visit, document index)` (`draw_rng`), the visit being the
   epoch: a fresh draw at every epoch, and a resumed run draws exactly what the interrupted one did.
@@ -61,6 +64,7 @@ import torch
 from common import IGNORE_INDEX, ConfigError, DataError
 from datamodules.pretraining import PretrainingDataModule
 from datamodules.sampler import GlobalStepBatchSampler, ResumableDataLoader
+from datamodules.self_generated import SelfGeneratingMixin, SelfGeneration, read_texts
 from datamodules.sources import ReadStats, SourceSpec, read_documents
 from datamodules.world.config import WorldConfig
 from datamodules.world.datamodule import DEFAULT_WORLD, WorldDataModule
@@ -69,10 +73,10 @@ log = logging.getLogger(__name__)
 
 _KEY = "data.init_args"
 
-SPLIT_MODES = ("random", "middle", "uniform", "random_tokens")
+SPLIT_MODES = ("random", "middle", "uniform", "random_tokens", "last")
 RANDOM_MODES = ("random", "random_tokens")
 """The split modes that draw afresh at every visit (the others are fixed)."""
-SplitMode = Literal["random", "middle", "uniform", "random_tokens"]
+SplitMode = Literal["random", "middle", "uniform", "random_tokens", "last"]
 SENTENCE_SPLITTERS = ("regex", "nltk")
 SentenceSplitter = Literal["regex", "nltk"]
 OVERLONG_POLICIES = ("truncate", "skip")
@@ -221,6 +225,8 @@ def target_spans(
         indices = middle_sentence_index(n)
     elif mode == "uniform":
         indices = uniform_sentence_indices(n, num_splits)
+    elif mode == "last":
+        indices = [n - 1] if n >= 2 else []
     else:
         raise ValueError(f"split_mode must be one of {SPLIT_MODES}, got {mode!r}")
     return [(int(offsets[i]), int(offsets[i + 1])) for i in indices]
@@ -675,7 +681,8 @@ class SplitContextDataModule(PretrainingDataModule):
         micro_batch_size: Documents per training micro-batch on each rank (all their splits).
         val_batch_size: Rows per validation batch; default `micro_batch_size`.
         num_splits: `k`, the number of targets drawn per document (`random`: k-1 random + the last).
-        split_mode: `random` (DiSC), or the ablations `middle`, `uniform`, `random_tokens`.
+        split_mode: `random` (DiSC), or the ablations `middle`, `uniform`, `random_tokens`;
+            `last` (the last sentence alone).
         sentence_splitter: `regex` (no download; `sentence_pattern`) or `nltk` (punkt, installed
             with its data).
         sentence_pattern: Regex of the boundary between two sentences (dropped) for the `regex`
@@ -948,6 +955,135 @@ class WorldSplitContextDataModule(SplitContextDataModule, WorldDataModule):
         )
 
 
+class SelfGeneratedContextDataModule(SelfGeneratingMixin, SplitContextDataModule):
+    """CD-base's data: the teacher reads a document and the model's own continuation of it, the
+    student the continuation alone (DiSC's baseline "context distillation", fed to `DiSCModule`).
+
+    In `prepare_data` every train document is continued by the run's initial model (or
+    `generation.model_name_or_path`) and cached (`datamodules.self_generated`; `generation.prompt:
+    continue`, what an unset `prompt` means here; `rephrase` distils on rewrites instead). Each kept generation makes
+    one training document of two segments, the document's tokens and the continuation's (each
+    stripped and tokenized on its own without special tokens, as DiSC's sentences), read with
+    `split_mode: last`: its one target is the continuation, its context the whole document. So the
+    teacher reads `document + continuation`, the student the continuation from position 0; student
+    positions `0..L-2` align with teacher positions `c..c+L-2`; each predicted token weighs
+    `1/(L-1)` and `step_weight` counts the step's (document, continuation) pairs: DiSC's reduction
+    with one split per document. With `num_samples > 1` every sample is its own pair.
+
+    A pair longer than `max_length` keeps its document and the longest prefix of the continuation
+    that fits (`overlong_policy: truncate`) or is dropped (`skip`); a pair left with a continuation
+    under 2 tokens is skipped. Both are counted (`split_stats`: `overlong`, `unsplittable`) and
+    logged; generations are counted by `generated[<source>].stats`.
+
+    Args:
+        generation: What to generate (`SelfGeneration`); default: sampled continuations (`prompt:
+            continue`) by the run's own initial model.
+        generation_cache_dir: Where generations are cached (`<dir>/<prompt>-<fingerprint>/`).
+        **kwargs: The `SplitContextDataModule` arguments but the split settings (`split_mode`,
+            `num_splits`, `sentence_splitter`, `sentence_pattern`), which CD-base fixes.
+    """
+
+    def __init__(
+        self,
+        generation: SelfGeneration | None = None,
+        generation_cache_dir: str = ".cache/adaptlm/generations",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            split_mode="last",
+            num_splits=1,
+            sentence_splitter="regex",
+            sentence_pattern=None,
+            **kwargs,
+        )
+        self._init_generation(generation, generation_cache_dir, "continue")
+
+    def prepare_data(self) -> None:
+        """Generate (or find cached) the train documents' continuations; tokenize validation."""
+        super().prepare_data()
+        train, _ = self._resolved_sources()
+        for spec in train:
+            self.self_generated(spec)
+
+    def _read_source(self, spec: SourceSpec) -> tuple[list[list[list[int]]], SourceSplitStats]:
+        """Per kept generation, `[document tokens, continuation tokens]`, and the source's counts."""
+        read = ReadStats()
+        texts = read_texts(spec, read)
+        stats = SourceSplitStats(documents=read.documents, skipped_empty=read.skipped_empty)
+        records = self.self_generated(spec, texts).records
+        document_ids = self._tokenize(texts)
+        documents = []
+        for record, continuation in zip(records, self._tokenize([r.text for r in records])):
+            pair = self._fit([list(document_ids[record.source_index]), list(continuation)], stats)
+            if pair is not None:
+                documents.append(pair)
+        stats.kept_documents = len(documents)
+        return documents, stats
+
+    def _fit(self, sentences: list[list[int]], stats: SourceSplitStats) -> list[list[int]] | None:
+        """The pair within `max_length` (the continuation cut), or None when skipped; counted."""
+        document, continuation = sentences
+        room = self.max_length - len(document)
+        if len(continuation) > room:
+            stats.overlong += 1
+            if self.overlong_policy == "skip":
+                return None
+            continuation = continuation[: max(room, 0)]
+        if len(continuation) < MIN_TARGET_TOKENS:
+            stats.unsplittable += 1
+            return None
+        stats.sentences += 2
+        stats.tokens += len(document) + len(continuation)
+        return [document, continuation]
+
+    def _log_source(self, name: str, stats: SourceSplitStats) -> None:
+        log.info("self-generated contexts %s: %s", name, stats)
+        if stats.overlong:
+            what = "continuation cut to fit" if self.overlong_policy == "truncate" else "skipped"
+            log.warning(
+                "self-generated contexts %s: %d (document, continuation) pairs longer than "
+                "max_length=%d: %s",
+                name,
+                stats.overlong,
+                self.max_length,
+                what,
+            )
+        if stats.unsplittable:
+            log.warning(
+                "self-generated contexts %s: skipped %d pairs whose continuation has fewer than %d "
+                "tokens within max_length=%d",
+                name,
+                stats.unsplittable,
+                MIN_TARGET_TOKENS,
+                self.max_length,
+            )
+
+
+class WorldSelfGeneratedContextDataModule(
+    SelfGeneratedContextDataModule, WorldSplitContextDataModule
+):
+    """`SelfGeneratedContextDataModule` over the synthetic world (`WorldSplitContextDataModule`'s
+    `world:<split>` paths and tokenizer). Default train source: the new-domain documents.
+
+    Args:
+        world: Size and shape of the world (see `WorldDataModule`).
+        world_cache_dir: Where worlds are materialized.
+        qa_format: Format of the evaluation questions, `chat` or `plain`.
+        **kwargs: The `SelfGeneratedContextDataModule` arguments.
+    """
+
+    def __init__(
+        self,
+        world: WorldConfig = DEFAULT_WORLD,
+        world_cache_dir: str = ".cache/adaptlm/worlds",
+        qa_format: Literal["chat", "plain"] = "chat",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            world=world, world_cache_dir=world_cache_dir, qa_format=qa_format, **kwargs
+        )
+
+
 __all__ = [
     "DEFAULT_SENTENCE_BOUNDARY",
     "MIN_TARGET_TOKENS",
@@ -955,12 +1091,14 @@ __all__ = [
     "SPLIT_MODES",
     "DocumentSplits",
     "EpochSplitStats",
+    "SelfGeneratedContextDataModule",
     "SourceSplitStats",
     "SplitContextCollator",
     "SplitContextDataModule",
     "SplitContextDataset",
     "SplitContextLoader",
     "SplitContextSampler",
+    "WorldSelfGeneratedContextDataModule",
     "WorldSplitContextDataModule",
     "document_splits",
     "draw_document",

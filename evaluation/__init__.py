@@ -1,15 +1,18 @@
 """Evaluation of trained models, as a library (used by callbacks and `python -m experiments evaluate`).
 
-`evaluation.knowledge`: greedy exact match on QA sets and held-out perplexity on text sets.
+`evaluation.knowledge`: greedy exact match on QA sets, held-out perplexity on text sets, and the mean
+per-token KL(initial ‖ current) on the same text (forgetting against a reference model).
 """
 
 from evaluation.knowledge import (
     QA_FIELDS,
     QARecord,
+    chunks_kl,
     chunks_nll,
     evaluate_knowledge,
     evaluation_sums,
     greedy_generate,
+    heldout_kl,
     heldout_nll,
     load_qa_records,
     load_texts,
@@ -21,10 +24,12 @@ from evaluation.knowledge import (
 __all__ = [
     "QA_FIELDS",
     "QARecord",
+    "chunks_kl",
     "chunks_nll",
     "evaluate_knowledge",
     "evaluation_sums",
     "greedy_generate",
+    "heldout_kl",
     "heldout_nll",
     "load_qa_records",
     "load_texts",

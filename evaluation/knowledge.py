@@ -6,7 +6,13 @@ exact match on the general entities and perplexity on held-out general text meas
 training callback (`callbacks.knowledge_eval`) and the command (`python -m experiments evaluate`)
 both call `evaluation_sums` and `metrics_from_sums`, so they report the same numbers.
 
-Metric names: `knowledge/qa_em/<set>`, `knowledge/qa_em/<set>/<attribute>`, `knowledge/ppl/<set>`.
+Forgetting is also measured against a reference (the initial model): the mean per-token
+KL(p_reference ‖ p_model) over the perplexity windows of held-out text (`chunks_kl`), from both models'
+final hidden states through the fused loss (`losses.fused_linear_distillation_loss`), never a full
+`[tokens, vocab]` logits tensor.
+
+Metric names: `knowledge/qa_em/<set>`, `knowledge/qa_em/<set>/<attribute>`, `knowledge/ppl/<set>`,
+and with a reference `knowledge/kl_initial/<set>` (nats per predicted token).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -27,7 +33,7 @@ from common.errors import DataError
 from common.jsonl import read_jsonl
 from common.text import normalize_answer
 from lightning_modules.modeling import decoder_hidden_states, output_head
-from losses import fused_linear_cross_entropy
+from losses import LossSpec, fused_linear_cross_entropy, fused_linear_distillation_loss
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,30 @@ QA_FIELDS = ("prompt", "answer", "entity", "attribute")
 
 Slot = tuple[str, str, str, str]
 """A summed quantity: `(kind, set name, attribute or "", field)`, e.g. `("qa", "domain", "born", "correct")`."""
+
+
+KL_SPEC = LossSpec(ce_weight=0.0, kl_weight=1.0, divergence="forward_kl")
+"""KL(p_reference ‖ p_model) per token at temperature 1, no cross-entropy (`chunks_kl`)."""
+
+
+@runtime_checkable
+class HiddenStatesModel(Protocol):
+    """A frozen model seen through its final hidden states and LM head, like
+    `lightning_modules.teacher.Teacher` (whose `adapters_disabled` kind is the LoRA student itself
+    with its adapters switched off)."""
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+    def head(self) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+Reference = nn.Module | HiddenStatesModel
+"""The model a KL is measured against: a causal LM, or a `Teacher`-like hidden-states/head pair."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +227,84 @@ def perplexity_chunks(tokenizer: Any, texts: Sequence[str], max_length: int) -> 
     return [chunk for chunk in chunks if len(chunk) >= 2]
 
 
+def _hidden_and_head(
+    model: Reference, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Final hidden states `[B, L, H]` and the (detached) LM head of a model or a `Teacher`.
+
+    The head is detached so that the fused loss does no gradient work: its autograd function
+    computes the head's gradient in forward whenever the weight requires grad, `no_grad` or not.
+    """
+    if isinstance(model, nn.Module):
+        hidden = decoder_hidden_states(model, input_ids, attention_mask=attention_mask)
+        weight, bias = output_head(model)
+    else:
+        hidden = model.hidden_states(input_ids, attention_mask=attention_mask)
+        weight, bias = model.head()
+    return hidden, weight.detach(), bias.detach() if bias is not None else None
+
+
 @torch.no_grad()
+def _score_chunks(
+    model: nn.Module,
+    chunks: Sequence[Sequence[int]],
+    *,
+    batch_size: int,
+    pad_id: int,
+    counted: Sequence[bool] | None,
+    nll: bool,
+    reference: Reference | None,
+) -> tuple[float, float, int]:
+    """`(summed NLL, summed KL(reference ‖ model), predicted tokens)` over the counted chunks.
+
+    One decoder pass of `model` (and of `reference`) per right-padded batch; the NLL (when `nll`)
+    and the KL (when a reference is given, else 0) are both computed from those hidden states.
+    """
+    device = _device_of(model)
+    flags = list(counted) if counted is not None else [True] * len(chunks)
+    nll_parts, kl_parts, tokens = [], [], 0
+    for batch in _batches_by_length([len(chunk) for chunk in chunks], batch_size):
+        width = max(len(chunks[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids = torch.tensor(chunks[index])
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+            if flags[index]:
+                labels[row, : len(ids)] = ids
+                tokens += len(ids) - 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        targets = labels[:, 1:].to(device)
+        hidden, weight, bias = _hidden_and_head(model, input_ids, attention_mask)
+        if nll:
+            nll_parts.append(
+                float(
+                    fused_linear_cross_entropy(
+                        hidden[:, :-1], weight, targets, bias, reduction="sum"
+                    )
+                )
+            )
+        if reference is not None:
+            ref_hidden, ref_weight, ref_bias = _hidden_and_head(
+                reference, input_ids, attention_mask
+            )
+            kl = fused_linear_distillation_loss(
+                hidden[:, :-1],
+                weight,
+                targets,
+                spec=KL_SPEC,
+                student_bias=bias,
+                teacher_hidden=ref_hidden[:, :-1],
+                teacher_weight=ref_weight,
+                teacher_bias=ref_bias,
+                reduction="sum",
+            )
+            kl_parts.append(float(kl))
+    return math.fsum(nll_parts), math.fsum(kl_parts), tokens
+
+
 def chunks_nll(
     model: nn.Module,
     chunks: Sequence[Sequence[int]],
@@ -212,29 +319,49 @@ def chunks_nll(
     cross-entropy (`losses.fused_linear_cross_entropy`), never a full `[B, L, V]` logits tensor.
     Uncounted chunks (shard padding) run like the others, with every label ignored.
     """
-    device = _device_of(model)
-    flags = list(counted) if counted is not None else [True] * len(chunks)
-    total, tokens = [], 0
-    for batch in _batches_by_length([len(chunk) for chunk in chunks], batch_size):
-        width = max(len(chunks[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-        for row, index in enumerate(batch):
-            ids = torch.tensor(chunks[index])
-            input_ids[row, : len(ids)] = ids
-            attention_mask[row, : len(ids)] = 1
-            if flags[index]:
-                labels[row, : len(ids)] = ids
-                tokens += len(ids) - 1
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        hidden = decoder_hidden_states(model, input_ids, attention_mask=attention_mask)
-        weight, bias = output_head(model)
-        nll = fused_linear_cross_entropy(
-            hidden[:, :-1], weight, labels[:, 1:].to(device), bias, reduction="sum"
-        )
-        total.append(float(nll))
-    return math.fsum(total), tokens
+    total, _, tokens = _score_chunks(
+        model,
+        chunks,
+        batch_size=batch_size,
+        pad_id=pad_id,
+        counted=counted,
+        nll=True,
+        reference=None,
+    )
+    return total, tokens
+
+
+def chunks_kl(
+    model: nn.Module,
+    reference: Reference,
+    chunks: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 32,
+    pad_id: int = 0,
+    counted: Sequence[bool] | None = None,
+) -> tuple[float, int]:
+    """`(Σ KL(p_reference ‖ p_model) in nats, predicted tokens)` over the counted `chunks`.
+
+    The sum runs over the same predicted tokens as `chunks_nll` (every position of a window but the
+    last, padding excluded), each term the KL of the two next-token distributions at temperature 1;
+    `Σ / tokens` is the mean per-token KL, the forgetting measure of DiSC. `reference` is the initial
+    model (a causal LM, or a `Teacher`-like object with `hidden_states(...)` and `head()`, such as a
+    LoRA student with its adapters disabled). Both models run to their final hidden states and
+    `losses.fused_linear_distillation_loss` (forward KL, `reduction="sum"`) applies the two heads
+    chunk by chunk: no `[tokens, vocab]` logits tensor is materialized, and no gradient is computed.
+    Exactly 0 when both models produce identical hidden states and heads. The caller provides eval
+    mode for both (a `Teacher` sets its own) and autocast.
+    """
+    _, total, tokens = _score_chunks(
+        model,
+        chunks,
+        batch_size=batch_size,
+        pad_id=pad_id,
+        counted=counted,
+        nll=False,
+        reference=reference,
+    )
+    return total, tokens
 
 
 def heldout_nll(
@@ -245,6 +372,22 @@ def heldout_nll(
     _, pad_id = special_ids(tokenizer)
     chunks = perplexity_chunks(tokenizer, texts, max_length)
     return chunks_nll(model, chunks, batch_size=batch_size, pad_id=pad_id)
+
+
+def heldout_kl(
+    model: nn.Module,
+    reference: Reference,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    batch_size: int = 32,
+) -> tuple[float, int]:
+    """`(Σ KL(p_reference ‖ p_model), predicted tokens)` over the perplexity windows of `texts`
+    (`perplexity_chunks`); the mean per-token KL is their ratio."""
+    _, pad_id = special_ids(tokenizer)
+    chunks = perplexity_chunks(tokenizer, texts, max_length)
+    return chunks_kl(model, reference, chunks, batch_size=batch_size, pad_id=pad_id)
 
 
 def shard(n_items: int, rank: int, world_size: int) -> tuple[list[int], list[bool]]:
@@ -272,11 +415,15 @@ def evaluation_sums(
     batch_size: int = 32,
     rank: int = 0,
     world_size: int = 1,
+    reference: Reference | None = None,
 ) -> dict[Slot, float]:
     """This rank's shard of every set, as summed quantities (add them over ranks, then score).
 
     QA: `correct` and `total` per attribute (exact match after `common.text.normalize_answer`);
-    text: `nll` and `tokens`. The caller provides eval mode, `no_grad` and autocast.
+    text: `nll` and `tokens` (slots `("ppl", set, "", ·)`) and, with a `reference` (the initial
+    model, see `chunks_kl`), `kl` and `tokens` (slots `("kl_initial", set, "", ·)`) over the same
+    windows, from the same decoder pass of `model`. The caller provides eval mode, `no_grad` and
+    autocast.
     """
     sums: dict[Slot, float] = {}
     for name, records in qa_sets.items():
@@ -302,15 +449,20 @@ def evaluation_sums(
     for name, texts in text_sets.items():
         chunks = perplexity_chunks(tokenizer, texts, max_length)
         indices, counted = shard(len(chunks), rank, world_size)
-        nll, tokens = chunks_nll(
+        nll, kl, tokens = _score_chunks(
             model,
             [chunks[i] for i in indices],
             batch_size=batch_size,
             pad_id=pad_id,
             counted=counted,
+            nll=True,
+            reference=reference,
         )
         sums["ppl", name, "", "nll"] = nll
         sums["ppl", name, "", "tokens"] = float(tokens)
+        if reference is not None:
+            sums["kl_initial", name, "", "kl"] = kl
+            sums["kl_initial", name, "", "tokens"] = float(tokens)
     return sums
 
 
@@ -338,6 +490,11 @@ def metrics_from_sums(sums: Mapping[Slot, float]) -> tuple[dict[str, float], dic
             nll = sums["ppl", name, "", "nll"]
             metrics[f"knowledge/ppl/{name}"] = math.exp(nll / tokens) if tokens else float("nan")
             counts[f"ppl_tokens/{name}"] = int(tokens)
+    for kind, name, _, field in sums:
+        if kind == "kl_initial" and field == "tokens":
+            tokens = sums["kl_initial", name, "", "tokens"]
+            kl = sums["kl_initial", name, "", "kl"]
+            metrics[f"knowledge/kl_initial/{name}"] = kl / tokens if tokens else float("nan")
     return metrics, counts
 
 
@@ -350,17 +507,21 @@ def evaluate_knowledge(
     max_length: int | None = None,
     max_new_tokens: int = 16,
     batch_size: int = 32,
+    reference: Reference | None = None,
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Evaluate every set in one process: `(metrics, counts)` as the callback logs them.
 
-    Runs in eval mode under `torch.no_grad()` (every submodule's train flag is restored).
-    `max_length` defaults to the model's `max_position_embeddings`.
+    Runs in eval mode under `torch.no_grad()` (every submodule's train flag is restored, the
+    reference's too). `max_length` defaults to the model's `max_position_embeddings`. With a
+    `reference` (the initial model) every text set also gets `knowledge/kl_initial/<set>`.
     """
     max_length = max_length or model_max_length(model)
     if max_length is None:
         raise ValueError("the model config has no max_position_embeddings; pass max_length")
-    flags = {module: module.training for module in model.modules()}
-    model.eval()
+    modules = [model, reference] if isinstance(reference, nn.Module) else [model]
+    flags = {module: module.training for root in modules for module in root.modules()}
+    for root in modules:
+        root.eval()
     try:
         with torch.no_grad():
             sums = evaluation_sums(
@@ -371,6 +532,7 @@ def evaluate_knowledge(
                 max_length=max_length,
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
+                reference=reference,
             )
     finally:
         for module, training in flags.items():
@@ -379,13 +541,18 @@ def evaluate_knowledge(
 
 
 __all__ = [
+    "KL_SPEC",
     "QA_FIELDS",
+    "HiddenStatesModel",
     "QARecord",
+    "Reference",
     "Slot",
+    "chunks_kl",
     "chunks_nll",
     "evaluate_knowledge",
     "evaluation_sums",
     "greedy_generate",
+    "heldout_kl",
     "heldout_nll",
     "load_qa_records",
     "load_texts",

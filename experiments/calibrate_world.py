@@ -22,18 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_file
+from evaluation.selection import NEW_KNOWLEDGE as NEW
+from evaluation.selection import retained_keys
 
 log = logging.getLogger("experiments.calibrate_world")
-
-NEW = "knowledge/qa_em/domain"
-RETAINED_PREFIXES = ("knowledge/qa_em/general", "knowledge/qa_em/skill_")
 
 
 def retained(metrics: dict[str, float]) -> dict[str, float]:
     """The retained capabilities: general QA (both halves) and skills, overall per set."""
-    return {
-        k: v for k, v in metrics.items() if k.startswith(RETAINED_PREFIXES) and k.count("/") == 2
-    }
+    return {k: metrics[k] for k in retained_keys(metrics)}
 
 
 def run_cpt(

@@ -5,6 +5,7 @@ from lightning_modules.disc import DiSCModule
 from lightning_modules.forward import CausalLMWithLoss, TeacherInputs
 from lightning_modules.modeling import LoraSettings, ModelSource
 from lightning_modules.schedulers import WarmupCosineLR
+from lightning_modules.talr import TALRModule
 from lightning_modules.teacher import Teacher, TeacherSettings
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "DiSCModule",
     "LoraSettings",
     "ModelSource",
+    "TALRModule",
     "Teacher",
     "TeacherInputs",
     "TeacherSettings",

@@ -26,6 +26,7 @@ from common import ConfigError
 from lightning_modules.forward import (
     CausalLMWithLoss,
     TeacherInputs,
+    TokenWeightFn,
     count_targets,
     shard_with_fsdp2,
 )
@@ -234,11 +235,14 @@ class CausalLMModule(LightningModule):
         spec: LossSpec | None = None,
         teacher_inputs: TeacherInputs | None = None,
         use_teacher: bool = True,
+        token_weight_fn: TokenWeightFn | None = None,
     ) -> dict[str, Tensor]:
         """Weighted loss sums of the student on `batch` (the root module's forward; see `forward.py`).
 
         `batch` needs `input_ids` and `labels`, optionally `position_ids`, `attention_mask` and
         `loss_weights`. The teacher reads the same rows unless `teacher_inputs` says otherwise.
+        `token_weight_fn` (CE only, no teacher) multiplies each target's CE by a detached weight
+        computed from the detached per-token NLLs in the same forward (TALR).
         """
         teacher = self._teacher if use_teacher else None
         if teacher is not None:
@@ -252,6 +256,7 @@ class CausalLMModule(LightningModule):
             loss_weights=batch.get("loss_weights"),
             teacher=teacher,
             teacher_inputs=teacher_inputs,
+            token_weight_fn=token_weight_fn,
         )
 
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -13,18 +13,31 @@ Alignment (labels are unshifted, HF convention): the hidden state at position `t
 student position `t` is the teacher's own position `t` when it reads the student's inputs, or the row
 `teacher_rows[b, t]` of its flattened `[B_t · L_t, H_t]` hidden states when it reads other inputs
 (DiSC: the teacher reads the whole document once, the student only the target sentence).
+
+Per-token weights that depend on the student's own losses (TALR) come from `token_weight_fn`: the
+forward computes the per-token CE (`reduction="none"`), calls the function on the detached NLLs and
+multiplies the CE by its (detached) result, all in the same single decoder pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from common import IGNORE_INDEX
 from lightning_modules.modeling import decoder_hidden_states, decoder_layers, output_head
 from lightning_modules.teacher import Teacher
 from losses import LossSpec, fused_linear_cross_entropy, fused_linear_distillation_loss
+
+TokenWeightFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+"""`(nll, valid, position_ids) -> weights`, all `[B, L-1]` and aligned with the targets
+`labels[:, 1:]`: `nll` the detached per-token CE (0 where ignored), `valid` the bool mask of target
+tokens, `position_ids` the positions of the target tokens (`position_ids[:, 1:]`) or None. The
+weights are treated as constants (computed under `no_grad`, detached); their values where `valid` is
+False are ignored."""
 
 
 @dataclass
@@ -68,12 +81,19 @@ class CausalLMWithLoss(nn.Module):
         loss_weights: Tensor | None = None,
         teacher: Teacher | None = None,
         teacher_inputs: TeacherInputs | None = None,
+        token_weight_fn: TokenWeightFn | None = None,
     ) -> dict[str, Tensor]:
         """`{"loss": Σ w·(ce_weight·CE + kl_weight·D), "ce": Σ w·CE, "kl": Σ w·D}` over target tokens.
 
         Sums, not means: the caller divides by the optimizer step's total weight, which keeps the
         objective exact under accumulation and world size. `"kl"` is present only with a teacher.
+
+        With `token_weight_fn` (no teacher, `kl_weight == 0`): `{"loss": ce_weight · Σ w·a·CE,
+        "ce": Σ w·CE, "token_weight": Σ w·a}`, where `a = token_weight_fn(...)` is detached (see
+        `TokenWeightFn`) and `w` the `loss_weights`; `"ce"` and `"token_weight"` carry no gradient.
         """
+        if token_weight_fn is not None and (teacher is not None or spec.kl_weight != 0):
+            raise ValueError("token_weight_fn is supported for CE without a teacher only")
         teacher_hidden = None
         if teacher is not None:
             source = teacher_inputs
@@ -96,6 +116,17 @@ class CausalLMWithLoss(nn.Module):
                 raise ValueError(
                     "the loss spec has kl_weight != 0 but the module has no teacher: set "
                     "model.init_args.teacher, or loss.kl_weight: 0"
+                )
+            if token_weight_fn is not None:
+                return _adaptive_cross_entropy(
+                    hidden[:, :-1],
+                    weight,
+                    bias,
+                    targets,
+                    weights,
+                    position_ids[:, 1:] if position_ids is not None else None,
+                    spec,
+                    token_weight_fn,
                 )
             ce = fused_linear_cross_entropy(
                 hidden[:, :-1],
@@ -126,6 +157,46 @@ class CausalLMWithLoss(nn.Module):
         return {"loss": loss, "ce": parts["ce"], "kl": parts["kl"]}
 
 
+def _adaptive_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    loss_weights: Tensor | None,
+    positions: Tensor | None,
+    spec: LossSpec,
+    token_weight_fn: TokenWeightFn,
+) -> dict[str, Tensor]:
+    """Per-token CE weighted by `token_weight_fn` of its own detached values (see `forward`).
+
+    The fused CE with `reduction="none"` computes the losses in forward and the gradient in
+    backward from the per-token upstream gradient `ce_weight · w · a`: one decoder pass, the LM head
+    run once in forward and once in backward, no `[N, V]` logits.
+    """
+    nll = fused_linear_cross_entropy(
+        hidden,
+        weight,
+        targets,
+        bias,
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+        chunk_size=spec.chunk_size,
+    )
+    valid = targets != IGNORE_INDEX
+    with torch.no_grad():
+        detached = nll.detach()
+        adaptive = token_weight_fn(detached, valid, positions).detach().to(detached.dtype)
+        base = loss_weights.to(detached.dtype) if loss_weights is not None else 1.0
+        zero = detached.new_zeros(())
+        total = torch.where(valid, adaptive * base, zero)
+        plain = torch.where(valid, detached * base, zero)
+    return {
+        "loss": (nll * total).sum() * spec.ce_weight,
+        "ce": plain.sum(),
+        "token_weight": total.sum(),
+    }
+
+
 def shard_with_fsdp2(
     root: CausalLMWithLoss,
     mesh: object,
@@ -152,4 +223,10 @@ def count_targets(labels: Tensor) -> Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).sum()
 
 
-__all__ = ["CausalLMWithLoss", "TeacherInputs", "count_targets", "shard_with_fsdp2"]
+__all__ = [
+    "CausalLMWithLoss",
+    "TeacherInputs",
+    "TokenWeightFn",
+    "count_targets",
+    "shard_with_fsdp2",
+]

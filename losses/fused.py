@@ -716,6 +716,8 @@ def fused_linear_distillation_loss(
     idx, y = valid_rows(flat_labels, ignore_index, w.shape[0])
     wv = _valid_weights(weights, idx, compute_dtype(x.dtype))
     row_step = _row_step(backend, x.device, x.dtype)
+    if not torch.is_grad_enabled():  # under no_grad nothing needs a gradient: skip computing one
+        x, w, b = x.detach(), w.detach(), None if b is None else b.detach()
     with _no_autocast(x.device):
         outputs = _FusedLinearLoss.apply(
             x,
@@ -783,6 +785,8 @@ def fused_distillation_loss(
     idx, y = valid_rows(flat_labels, ignore_index, z.shape[1])
     wv = _valid_weights(weights, idx, compute_dtype(z.dtype))
     row_step = _row_step(backend, z.device, z.dtype)
+    if not torch.is_grad_enabled():  # under no_grad nothing needs a gradient: skip computing one
+        z = z.detach()
     with _no_autocast(z.device):
         outputs = _FusedLogitsLoss.apply(
             z,

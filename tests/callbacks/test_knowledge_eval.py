@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,7 +18,14 @@ from lightning.pytorch.loggers import CSVLogger
 from callbacks import KnowledgeEvalCallback
 from callbacks._common import eval_mode
 from common.errors import ConfigError, DataError
-from evaluation import greedy_generate, heldout_nll, load_qa_records, load_texts, perplexity_chunks
+from evaluation import (
+    greedy_generate,
+    heldout_kl,
+    heldout_nll,
+    load_qa_records,
+    load_texts,
+    perplexity_chunks,
+)
 from evaluation import shard as _shard
 from tests.callbacks.conftest import (
     QA_LINES,
@@ -181,6 +189,51 @@ def test_fit_memorizes_and_reports_before_and_after(
     assert [r["step"] for r in logged] == ["0", "59", "60"]  # Lightning logs validation at step - 1
     assert float(logged[0]["knowledge/ppl/domain"]) == before["knowledge/ppl/domain"]
     assert {"knowledge/ppl/domain", "knowledge/qa_em/domain/employer"} <= set(rows[0])
+
+
+def test_every_n_train_steps_evaluates_once_per_optimizer_step(
+    tiny_tokenizer: Any, module_factory, tmp_path: Path
+) -> None:
+    """Step evaluations at steps 3 and 6 of 7 (micro-batches accumulated in pairs, no validation);
+    the last step is evaluated by the "after" row, and a step already evaluated is not recomputed."""
+    batch = pad_batch(qa_sequences(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    module = module_factory(train_batches=[batch] * 14, val_batches=[batch])
+    callback = KnowledgeEvalCallback(
+        qa_sets={"domain": str(qa_file(tmp_path))},
+        perplexity_sets={},
+        every_n_epochs=0,
+        every_n_train_steps=3,
+        batch_size=2,
+    )
+    trainer = cpu_trainer(
+        tmp_path,
+        max_epochs=1,
+        accumulate_grad_batches=2,
+        limit_val_batches=0,
+        callbacks=[callback],
+    )
+    trainer.fit(module)
+    stages = [(e["stage"], e["step"]) for e in callback.history]
+    assert stages == [("fit_start", 0), ("train_step", 3), ("train_step", 6), ("fit_end", 7)]
+
+    module = module_factory(train_batches=[batch] * 6, val_batches=[batch])
+    callback = KnowledgeEvalCallback(
+        qa_sets={"domain": str(qa_file(tmp_path))},
+        perplexity_sets={},
+        every_n_epochs=0,
+        every_n_train_steps=3,
+        on_fit_start=False,
+        batch_size=2,
+    )
+    trainer = cpu_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[callback])
+    trainer.fit(module)
+    history = callback.history
+    assert [(e["stage"], e["step"]) for e in history] == [
+        ("train_step", 3),
+        ("train_step", 6),
+        ("fit_end", 6),
+    ]
+    assert history[-1]["metrics"] == history[-2]["metrics"]
 
 
 class EvalSetsDataModule(pl.LightningDataModule):
@@ -354,3 +407,200 @@ def test_fast_dev_run_evaluates_one_batch_per_set(
         "qa/q": 2,
         "ppl_tokens/d": reference_nll(tiny_llama(tiny_tokenizer), tiny_tokenizer, TEXTS[:2])[1],
     }
+
+
+# ---------------------------------------------------------------------------------- initial_kl
+
+
+def _kl_callback(tmp_path: Path, **kwargs: Any) -> KnowledgeEvalCallback:
+    ppl = write_jsonl(tmp_path / "ppl_kl.jsonl", [{"text": t} for t in TEXTS])
+    kwargs.setdefault("batch_size", 2)
+    return KnowledgeEvalCallback(
+        qa_sets={}, perplexity_sets={"general": str(ppl)}, initial_kl=True, **kwargs
+    )
+
+
+def _capture_reference(callback: KnowledgeEvalCallback) -> list[Any]:
+    """The reference fixed at fit start (the callback drops it at teardown)."""
+    captured: list[Any] = []
+    setup = callback._setup_reference
+
+    def spy(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        setup(trainer, pl_module)
+        captured.append(callback._reference)
+
+    callback._setup_reference = spy  # type: ignore[method-assign]
+    return captured
+
+
+def _kl_rows(callback: KnowledgeEvalCallback) -> list[tuple[str, int, float]]:
+    return [
+        (e["stage"], e["step"], e["metrics"]["knowledge/kl_initial/general"])
+        for e in callback.history
+    ]
+
+
+def test_initial_kl_is_zero_before_training_and_grows_with_a_private_copy(
+    tiny_tokenizer: Any, module_factory, tmp_path: Path
+) -> None:
+    """No teacher: a deep copy taken at fit start. KL is exactly 0 at fit_start, > 0 after, equal to
+    the KL against an independently rebuilt initial model; the copy never changes and is in neither
+    the module's state_dict, the optimizer nor the checkpoint."""
+    batch = pad_batch(qa_sequences(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    module = module_factory(train_batches=[batch] * 6, val_batches=[batch])
+    callback = _kl_callback(tmp_path, every_n_train_steps=3, every_n_epochs=0)
+    captured = _capture_reference(callback)
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = cpu_trainer(
+        tmp_path, max_epochs=1, limit_val_batches=0, logger=logger, callbacks=[callback]
+    )
+    trainer.fit(module)
+
+    rows = _kl_rows(callback)
+    assert [(stage, step) for stage, step, _ in rows] == [
+        ("fit_start", 0),
+        ("train_step", 3),
+        ("train_step", 6),
+        ("fit_end", 6),
+    ]
+    assert rows[0][2] == 0.0  # exactly: the same weights, the same computation
+    assert 0 < rows[1][2] < rows[2][2]
+
+    (reference,) = captured
+    assert callback._reference_source == "copy" and callback._reference is None  # released
+    initial = tiny_llama(tiny_tokenizer, seed=0).eval()
+    ref_params = dict(reference.model.named_parameters())
+    for name, param in initial.named_parameters():
+        assert torch.equal(ref_params[name], param), name  # the copy never trained
+    assert not any(p.requires_grad for p in ref_params.values()) and not reference.model.training
+    kl, tokens = heldout_kl(
+        module.model.eval(), initial, tiny_tokenizer, TEXTS, max_length=128, batch_size=2
+    )
+    assert rows[-1][2] == pytest.approx(kl / tokens, rel=1e-5)
+
+    ids = {p.data_ptr() for p in ref_params.values()}
+    assert not ids & {t.data_ptr() for t in module.state_dict().values()}
+    assert not ids & {p.data_ptr() for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert set(module.state_dict()) == {f"model.{k}" for k in initial.state_dict()}
+    trainer.save_checkpoint(tmp_path / "kl.ckpt")
+    checkpoint = torch.load(tmp_path / "kl.ckpt", weights_only=False)
+    assert set(checkpoint["state_dict"]) == set(module.state_dict())
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if "KnowledgeEvalCallback" in k]
+    assert set(state) == {"history", "reference_source"} and state["reference_source"] == "copy"
+
+    with open(Path(logger.log_dir) / "metrics.csv") as handle:
+        logged = [r for r in csv.DictReader(handle) if r.get("knowledge/kl_initial/general")]
+    assert len(logged) == 4 and float(logged[0]["knowledge/kl_initial/general"]) == 0.0
+
+
+def test_initial_kl_resume_without_initial_weights_is_a_config_error(
+    tiny_tokenizer: Any, module_factory, tmp_path: Path
+) -> None:
+    batch = pad_batch(qa_sequences(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    trainer = cpu_trainer(
+        tmp_path, max_steps=2, limit_val_batches=0, callbacks=[_kl_callback(tmp_path)]
+    )
+    trainer.fit(module_factory(train_batches=[batch] * 4))
+    trainer.save_checkpoint(tmp_path / "mid.ckpt")
+    trainer = cpu_trainer(
+        tmp_path, max_steps=4, limit_val_batches=0, callbacks=[_kl_callback(tmp_path)]
+    )
+    with pytest.raises(ConfigError, match="initial model's weights are no longer available"):
+        trainer.fit(module_factory(train_batches=[batch] * 4), ckpt_path=tmp_path / "mid.ckpt")
+
+
+def test_initial_kl_reuses_a_frozen_teacher_and_survives_resume(
+    tiny_tokenizer: Any, tiny_tokenizer_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A `frozen` teacher copied from the student is the reference (no second copy), also after a
+    resume, where the module rebuilds it from its source."""
+    import callbacks.knowledge_eval as knowledge_eval
+    from tests.helpers import TINY_TEXTS, fixed_batch, tiny_module
+
+    def no_copy(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the teacher must be reused, not copied")
+
+    monkeypatch.setattr(knowledge_eval, "copy", SimpleNamespace(deepcopy=no_copy))
+    batch = fixed_batch(tiny_tokenizer, TINY_TEXTS)
+    loader = torch.utils.data.DataLoader([batch] * 4, batch_size=None)
+    histories = []
+    for max_steps, ckpt in ((2, None), (4, tmp_path / "mid.ckpt")):
+        module = tiny_module(tiny_tokenizer_dir, teacher={"kind": "frozen"}, total_steps=4)
+        callback = _kl_callback(tmp_path)
+        captured = _capture_reference(callback)
+        trainer = cpu_trainer(
+            tmp_path, max_steps=max_steps, limit_val_batches=0, callbacks=[callback]
+        )
+        trainer.fit(module, loader, ckpt_path=ckpt)
+        if ckpt is None:
+            trainer.save_checkpoint(tmp_path / "mid.ckpt")
+        assert captured == [module.teacher] and callback._reference_source == "teacher"
+        histories.append(_kl_rows(callback))
+    first, resumed = histories
+    assert [(s, n) for s, n, _ in first] == [("fit_start", 0), ("fit_end", 2)]
+    assert first[0][2] == 0.0 and first[1][2] > 0
+    assert resumed[:2] == first and resumed[2][:2] == ("fit_end", 4)
+    initial = tiny_module(tiny_tokenizer_dir).model.eval()
+    kl, tokens = heldout_kl(
+        module.model.eval(), initial, tiny_tokenizer, TEXTS, max_length=128, batch_size=2
+    )
+    assert resumed[2][2] == pytest.approx(kl / tokens, rel=1e-5)
+
+
+@pytest.mark.parametrize("zero_init", [True, False])
+def test_initial_kl_of_a_lora_student(
+    tiny_tokenizer: Any, module_factory, tmp_path: Path, zero_init: bool
+) -> None:
+    """Zero-initialized adapters: the student with adapters disabled is the initial model (no copy;
+    also after a resume). Randomly initialized adapters are not: a copy is taken. Either way the
+    KL is 0 at fit start."""
+    from peft import LoraConfig, get_peft_model
+
+    class ZeroLora(type(module_factory())):
+        def configure_model(self) -> None:
+            if self.model is None:
+                config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+                self.model = get_peft_model(tiny_llama(self.tokenizer, seed=0), config)
+
+    def make(**kwargs: Any) -> pl.LightningModule:
+        if zero_init:
+            return ZeroLora(tiny_tokenizer, lr=5e-2, **kwargs)
+        return module_factory(lora=True, lr=5e-2, **kwargs)
+
+    batch = pad_batch(qa_sequences(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    callback = _kl_callback(tmp_path)
+    trainer = cpu_trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[callback])
+    trainer.fit(make(train_batches=[batch] * 3))
+    trainer.save_checkpoint(tmp_path / "lora.ckpt")
+    rows = _kl_rows(callback)
+    assert rows[0] == ("fit_start", 0, 0.0) and rows[1][2] > 0
+    assert callback._reference_source == ("adapters_disabled" if zero_init else "copy")
+
+    resumed = _kl_callback(tmp_path)
+    trainer = cpu_trainer(tmp_path, max_steps=5, limit_val_batches=0, callbacks=[resumed])
+    if zero_init:
+        module = make(train_batches=[batch] * 5)
+        trainer.fit(module, ckpt_path=tmp_path / "lora.ckpt")
+        assert resumed._reference_source == "adapters_disabled"
+        # Still against the initial model: the rebuilt base, not the checkpointed adapters.
+        kl, tokens = heldout_kl(
+            module.model.eval(),
+            tiny_llama(tiny_tokenizer, seed=0).eval(),
+            tiny_tokenizer,
+            TEXTS,
+            max_length=128,
+            batch_size=2,
+        )
+        assert _kl_rows(resumed)[-1] == ("fit_end", 5, pytest.approx(kl / tokens, rel=1e-5))
+    else:
+        with pytest.raises(ConfigError, match="no longer available"):
+            trainer.fit(make(train_batches=[batch] * 5), ckpt_path=tmp_path / "lora.ckpt")
+
+
+def test_initial_kl_needs_perplexity_sets(module_factory, tmp_path: Path) -> None:
+    callback = KnowledgeEvalCallback(
+        qa_sets={"q": str(qa_file(tmp_path))}, perplexity_sets={}, initial_kl=True
+    )
+    trainer = cpu_trainer(tmp_path, max_steps=1, callbacks=[callback])
+    with pytest.raises(ConfigError, match="initial_kl.*no perplexity|none; give perplexity_sets"):
+        trainer.fit(module_factory())

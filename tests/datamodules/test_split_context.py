@@ -404,3 +404,174 @@ def test_world_variant_resolves_world_paths(tiny_tokenizer_dir, docs_file, tmp_p
     resolved = dm.resolve_source(SourceSpec(path="world:domain_documents"))
     assert resolved.path == str(docs_file) and resolved.name == "domain_documents"
     assert dm.num_splits == 3 and dm.micro_batch_size == 1
+
+
+# ------------------------------------------------------------------------- CD-base
+
+
+def test_last_mode_targets_the_last_sentence_at_every_visit() -> None:
+    lengths = [3, 4, 2, 5]
+    assert target_spans(lengths, mode="last") == [(9, 14)]
+    assert target_spans([6], mode="last") == []
+    for visit in range(3):
+        doc = split_document([[4, 5, 6], [7, 8]], mode="last", seed=visit, visit=visit)
+        assert doc.splits == ((3, 2),) and doc.tokens.tolist() == [4, 5, 6, 7, 8]
+
+
+T_CD = 2.0
+
+
+def cd_module(tokenizer_dir: Path):
+    """A built DiSC module on the tiny Llama whose student differs from its (initial) teacher."""
+    from lightning_modules import DiSCModule
+    from tests.helpers import TINY_LLAMA
+
+    module = DiSCModule(
+        model_config=TINY_LLAMA,
+        tokenizer=str(tokenizer_dir),
+        attn_implementation="sdpa",
+        temperature=T_CD,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2),
+    )
+    module.configure_model()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return module
+
+
+def cd_dm(tokenizer_dir: Path, path: Path, tmp_path: Path, module: Any, **kw: Any):
+    """CD-base data over `path`, continued by `module`'s initial model (the run's own model)."""
+    from datamodules.split_context import SelfGeneratedContextDataModule
+
+    args: dict[str, Any] = {
+        "tokenizer": str(tokenizer_dir),
+        "train_sources": [SourceSpec(path=str(path), name="disc")],
+        "max_length": 128,
+        "micro_batch_size": 2,
+        "seed": 3,
+        "cache_dir": str(tmp_path / "stores"),
+        "generation_cache_dir": str(tmp_path / "generations"),
+        "generation": {"prompt": "continue", "max_new_tokens": 10, "min_new_tokens": 3},
+    }
+    args.update(kw)
+    dm = SelfGeneratedContextDataModule(**args)
+    dm.trainer = SimpleNamespace(lightning_module=module)
+    return dm
+
+
+def test_self_generated_contexts_pair_each_document_with_its_continuation(
+    tiny_tokenizer_dir, tiny_tokenizer, docs_file, tmp_path
+) -> None:
+    module = cd_module(tiny_tokenizer_dir)
+    dm = cd_dm(tiny_tokenizer_dir, docs_file, tmp_path, module)
+    dm.prepare_data()
+    dm.setup("fit")
+    records = dm.generated["disc"].records
+    texts = [t.strip() for t in TEXTS if t.strip()]
+    assert len(records) == len(dm.split_dataset) == dm.split_stats["disc"].kept_documents
+    for d, record in enumerate(records):
+        document = tiny_tokenizer(texts[record.source_index], add_special_tokens=False)
+        continuation = tiny_tokenizer(record.text, add_special_tokens=False)
+        pair = [document["input_ids"], continuation["input_ids"]]
+        assert dm.split_dataset.sentences(d) == pair
+        for visit in (0, 1):  # one fixed target: the continuation, its context the document
+            splits = dm.split_dataset.document(d, visit)
+            assert splits.splits == ((len(pair[0]), len(pair[1])),)
+    dm.trainer = None  # the loader outside a Trainer
+    batch = next(iter(dm.train_dataloader()))
+    first = dm.split_dataset.document(int(batch["sample_index"][0]), 0)
+    length = first.splits[0][1]
+    assert batch["position_ids"][0, :length].tolist() == list(range(length))  # from 0
+    assert batch["input_ids"][0, :length].tolist() == first.tokens[-length:].tolist()
+    assert float(batch["step_weight"]) == 2.0  # documents of the step
+
+
+def test_overlong_pairs_cut_the_continuation_or_are_skipped(
+    tiny_tokenizer_dir, docs_file, tmp_path
+) -> None:
+    module = cd_module(tiny_tokenizer_dir)
+    truncated = cd_dm(tiny_tokenizer_dir, docs_file, tmp_path, module, max_length=64)
+    truncated.setup("fit")
+    stats = truncated.split_stats["disc"]
+    assert stats.overlong > 0 and stats.unsplittable > 0  # long documents leave no room
+    for d in range(len(truncated.split_dataset)):
+        lengths = truncated.split_dataset.sentence_lengths(d)
+        assert sum(lengths) <= 64 and lengths[1] >= 2
+    skipped = cd_dm(
+        tiny_tokenizer_dir, docs_file, tmp_path, module, max_length=64, overlong_policy="skip"
+    )
+    skipped.setup("fit")
+    dropped = skipped.split_stats["disc"]
+    assert dropped.overlong == stats.overlong
+    assert dropped.kept_documents + dropped.overlong + dropped.unsplittable == len(
+        skipped.generated["disc"].records
+    )
+    assert dropped.kept_documents < stats.kept_documents
+
+
+def test_cd_base_loss_equals_the_naive_reference(
+    tiny_tokenizer_dir, tiny_tokenizer, docs_file, tmp_path
+) -> None:
+    """DiSCModule on CD-base batches equals the reference: the teacher's full logits on document +
+    continuation, the student's on the continuation alone, forward KL at T times T² on the
+    continuation's tokens 2..L (teacher positions c..c+L-2, student 0..L-2), mean over tokens, then
+    over (document, continuation) pairs; and so do the gradients."""
+    from losses import reference
+
+    module = cd_module(tiny_tokenizer_dir)
+    dm = cd_dm(tiny_tokenizer_dir, docs_file, tmp_path, module, micro_batch_size=1)
+    dm.prepare_data()
+    dm.setup("fit")
+    dataset = dm.split_dataset
+    batch = dm.collator()([dataset[i] for i in range(len(dataset))])
+    assert float(batch["step_weight"]) == len(dataset)
+    packed = module.compute_losses(batch)["loss"] / batch["step_weight"].float()
+
+    texts = [t.strip() for t in TEXTS if t.strip()]
+    student, teacher = module.model, module.teacher.model
+    per_pair = []
+    for record in dm.generated["disc"].records:
+        document = tiny_tokenizer(texts[record.source_index], add_special_tokens=False)["input_ids"]
+        continuation = tiny_tokenizer(record.text, add_special_tokens=False)["input_ids"]
+        c, length = len(document), len(continuation)
+        with torch.no_grad():
+            t_logits = teacher(input_ids=torch.tensor([document + continuation])).logits[0]
+        s_logits = student(input_ids=torch.tensor([continuation])).logits[0, : length - 1]
+        kl = reference.token_divergence(
+            s_logits, t_logits[c : c + length - 1], "forward_kl", temperature=T_CD
+        )
+        per_pair.append((kl * T_CD**2).mean())
+    naive = torch.stack(per_pair).mean()
+    assert len(per_pair) == len(dataset) and float(naive.detach()) > 1e-3
+    torch.testing.assert_close(packed, naive, rtol=2e-5, atol=1e-6)
+
+    def grads(loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        student.zero_grad(set_to_none=True)
+        loss.backward()
+        out = {n: p.grad.detach().clone() for n, p in student.named_parameters()}
+        student.zero_grad(set_to_none=True)
+        return out
+
+    got, expected = grads(packed), grads(naive)
+    assert got.keys() == expected.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert all(p.grad is None for p in module.teacher.parameters())
+
+
+def test_world_cd_variant_fixes_the_split_and_keeps_the_world_defaults(
+    tiny_tokenizer_dir, tmp_path
+) -> None:
+    from datamodules.split_context import WorldSelfGeneratedContextDataModule
+
+    dm = WorldSelfGeneratedContextDataModule(
+        tokenizer=str(tiny_tokenizer_dir), world_cache_dir=str(tmp_path / "worlds")
+    )
+    assert [s.path for s in dm.train_sources] == ["world:domain_documents"]
+    assert dm.split_mode == "last" and dm.generation.prompt == "continue"
+    unset = WorldSelfGeneratedContextDataModule(
+        tokenizer=str(tiny_tokenizer_dir), generation={"max_new_tokens": 7}
+    )
+    assert unset.generation.prompt == "continue" and unset.generation.max_new_tokens == 7

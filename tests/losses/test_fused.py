@@ -732,3 +732,36 @@ def test_importing_losses_loads_neither_triton_nor_dynamo():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_no_gradient_work_under_no_grad(monkeypatch):
+    """Under `torch.no_grad` (evaluation) the fused loop computes no gradient, even for a trainable
+    LM-head weight, and gives the same loss."""
+    import losses.fused as fused
+
+    seen = []
+    original = fused._run_chunks
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["needs"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "_run_chunks", spy)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 8, generator=g, requires_grad=True)
+    w = torch.nn.Parameter(torch.randn(11, 8, generator=g))
+    y = torch.randint(0, 11, (6,), generator=g)
+    spec = LossSpec(ce_weight=0.0, kl_weight=1.0)
+    xt, wt = torch.randn(6, 8, generator=g), torch.randn(11, 8, generator=g)
+    with torch.no_grad():
+        quiet = losses.fused_linear_distillation_loss(
+            x, w, y, spec=spec, teacher_hidden=xt, teacher_weight=wt, reduction="sum"
+        )
+        ce = losses.fused_linear_cross_entropy(x, w, y, reduction="sum")
+    assert seen == [(False, False, False)] * 2
+    loud = losses.fused_linear_distillation_loss(
+        x, w, y, spec=spec, teacher_hidden=xt, teacher_weight=wt, reduction="sum"
+    )
+    assert seen[-1][:2] == (True, True)
+    torch.testing.assert_close(quiet, loud.detach())
+    assert not quiet.requires_grad and not ce.requires_grad

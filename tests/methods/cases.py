@@ -91,6 +91,31 @@ METHODS: list[MethodCase] = [
         data_yaml=SPLIT_CONTEXT_DATA,
         has_teacher=True,
     ),
+    MethodCase("talr", causal_lm("    min_weight: 0.01\n").replace("CausalLMModule", "TALRModule")),
+    MethodCase(  # Rephrase: CE on the run's initial model's own rewrites, generated in prepare_data
+        "rephrase",
+        causal_lm(),
+        data_yaml=(
+            "data:\n  class_path: datamodules.self_generated.SelfGeneratedDataModule\n"
+            "  init_args:\n    tokenizer: {tokenizer}\n    train_sources: [{{path: {train}}}]\n"
+            "    max_length: 32\n    micro_batch_size: 4\n    seed: 3\n    cache_dir: {cache}\n"
+            "    generation_cache_dir: {cache}/generations\n"
+            "    generation: {{prompt: rephrase, max_new_tokens: 12}}\n"
+        ),
+    ),
+    MethodCase(  # CD-base: DiSC's loss, the teacher reading document + the model's continuation
+        "cd_base",
+        "model:\n  class_path: lightning_modules.DiSCModule\n  init_args:\n"
+        f"    model_config: {_TINY}\n    attn_implementation: sdpa\n    temperature: 2.0\n",
+        data_yaml=SPLIT_CONTEXT_DATA.replace(
+            "SplitContextDataModule", "SelfGeneratedContextDataModule"
+        ).replace(
+            "    num_splits: 5\n    sentence_pattern: '\\s+'\n",
+            "    generation: {{prompt: continue, max_new_tokens: 6, min_new_tokens: 2}}\n"
+            "    generation_cache_dir: {cache}/generations\n",
+        ),
+        has_teacher=True,
+    ),
 ]
 
 PRETRAINING_DATA = """\
