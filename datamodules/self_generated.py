@@ -60,6 +60,11 @@ from common import ConfigError, DataError
 from common.atomic import atomic_directory
 from common.jsonl import read_jsonl
 from common.paths import is_local_path, resolve_path
+from datamodules.fictional.datamodule import (
+    DEFAULT_GGUF_FILE,
+    DEFAULT_MODEL_DIR,
+    FictionalDataModule,
+)
 from datamodules.pretraining import PretrainingDataModule
 from datamodules.sources import ReadStats, SourceSpec, read_documents, source_fingerprint
 from datamodules.store import tokenizer_fingerprint
@@ -750,10 +755,40 @@ class WorldSelfGeneratedDataModule(SelfGeneratedDataModule, WorldDataModule):
         )
 
 
+class FictionalSelfGeneratedDataModule(SelfGeneratedDataModule, FictionalDataModule):
+    """`SelfGeneratedDataModule` over the fictional corpus (`datamodules.fictional`): `fictional:<name>`
+    source paths, the GGUF model's own tokenizer (whose chat template the `rephrase` prompt goes
+    through) and the corpus's evaluation sets (`FictionalDataModule`). Default train source: the 32
+    fictional documents, read as the model's rewrites of them.
+
+    Args:
+        tokenizer: The directory of the GGUF file (or `pkg:<module>`), or with
+            `tokenizer_gguf_file: null` any tokenizer path or hub id.
+        tokenizer_gguf_file: The GGUF file to take the tokenizer from.
+        tokenizer_cache_dir: Where the exported tokenizer directory is kept.
+        **kwargs: The `SelfGeneratedDataModule` arguments.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str | None = DEFAULT_MODEL_DIR,
+        tokenizer_gguf_file: str | None = DEFAULT_GGUF_FILE,
+        tokenizer_cache_dir: str = ".cache/adaptlm/tokenizers",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            tokenizer=tokenizer,
+            tokenizer_gguf_file=tokenizer_gguf_file,
+            tokenizer_cache_dir=tokenizer_cache_dir,
+            **kwargs,
+        )
+
+
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "DEFAULT_PLAIN_TEMPLATE",
     "PROMPT_KINDS",
+    "FictionalSelfGeneratedDataModule",
     "GeneratedRecord",
     "GenerationStats",
     "SelfGenerated",

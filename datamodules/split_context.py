@@ -62,6 +62,11 @@ import numpy as np
 import torch
 
 from common import IGNORE_INDEX, ConfigError, DataError
+from datamodules.fictional.datamodule import (
+    DEFAULT_GGUF_FILE,
+    DEFAULT_MODEL_DIR,
+    FictionalDataModule,
+)
 from datamodules.pretraining import PretrainingDataModule
 from datamodules.sampler import GlobalStepBatchSampler, ResumableDataLoader
 from datamodules.self_generated import SelfGeneratingMixin, SelfGeneration, read_texts
@@ -955,6 +960,35 @@ class WorldSplitContextDataModule(SplitContextDataModule, WorldDataModule):
         )
 
 
+class FictionalSplitContextDataModule(SplitContextDataModule, FictionalDataModule):
+    """`SplitContextDataModule` over the fictional corpus (`datamodules.fictional`): `fictional:<name>`
+    source paths, the GGUF model's own tokenizer and the corpus's evaluation sets
+    (`FictionalDataModule`), DiSC's splits for training. Default train source: the 32 fictional
+    documents; no validation sources.
+
+    Args:
+        tokenizer: The directory of the GGUF file (or `pkg:<module>`), or with
+            `tokenizer_gguf_file: null` any tokenizer path or hub id.
+        tokenizer_gguf_file: The GGUF file to take the tokenizer from.
+        tokenizer_cache_dir: Where the exported tokenizer directory is kept.
+        **kwargs: The `SplitContextDataModule` arguments.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str | None = DEFAULT_MODEL_DIR,
+        tokenizer_gguf_file: str | None = DEFAULT_GGUF_FILE,
+        tokenizer_cache_dir: str = ".cache/adaptlm/tokenizers",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            tokenizer=tokenizer,
+            tokenizer_gguf_file=tokenizer_gguf_file,
+            tokenizer_cache_dir=tokenizer_cache_dir,
+            **kwargs,
+        )
+
+
 class SelfGeneratedContextDataModule(SelfGeneratingMixin, SplitContextDataModule):
     """CD-base's data: the teacher reads a document and the model's own continuation of it, the
     student the continuation alone (DiSC's baseline "context distillation", fed to `DiSCModule`).
@@ -1084,6 +1118,36 @@ class WorldSelfGeneratedContextDataModule(
         )
 
 
+class FictionalSelfGeneratedContextDataModule(
+    SelfGeneratedContextDataModule, FictionalSplitContextDataModule
+):
+    """`SelfGeneratedContextDataModule` over the fictional corpus (`FictionalSplitContextDataModule`'s
+    `fictional:<name>` paths, GGUF tokenizer and evaluation sets). Default train source: the
+    fictional documents, each continued by the run's own initial model.
+
+    Args:
+        tokenizer: The directory of the GGUF file (or `pkg:<module>`), or with
+            `tokenizer_gguf_file: null` any tokenizer path or hub id.
+        tokenizer_gguf_file: The GGUF file to take the tokenizer from.
+        tokenizer_cache_dir: Where the exported tokenizer directory is kept.
+        **kwargs: The `SelfGeneratedContextDataModule` arguments.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str | None = DEFAULT_MODEL_DIR,
+        tokenizer_gguf_file: str | None = DEFAULT_GGUF_FILE,
+        tokenizer_cache_dir: str = ".cache/adaptlm/tokenizers",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            tokenizer=tokenizer,
+            tokenizer_gguf_file=tokenizer_gguf_file,
+            tokenizer_cache_dir=tokenizer_cache_dir,
+            **kwargs,
+        )
+
+
 __all__ = [
     "DEFAULT_SENTENCE_BOUNDARY",
     "MIN_TARGET_TOKENS",
@@ -1091,6 +1155,8 @@ __all__ = [
     "SPLIT_MODES",
     "DocumentSplits",
     "EpochSplitStats",
+    "FictionalSelfGeneratedContextDataModule",
+    "FictionalSplitContextDataModule",
     "SelfGeneratedContextDataModule",
     "SourceSplitStats",
     "SplitContextCollator",

@@ -1,19 +1,25 @@
-"""DiSC and its six baselines on the synthetic world: one command, the table of docs/disc.md.
+"""DiSC and its six baselines on one target: one command, the table of docs/disc.md.
 
-    python -m experiments.disc_table --seeds 0 1 2 --jobs 2
+    python -m experiments.disc_table --seeds 0 1 2 --jobs 2                 # the synthetic world
+    python -m experiments.disc_table --target smollm2 --jobs 1              # SmolLM2-135M-Instruct
 
-For every seed it builds (or reuses) the world's `chat` model (`experiments.world_models`), then
-runs every method's experiment config (`experiments/configs/disc/world*.yaml`) from it at each
-learning rate of the method's grid, evaluating new-domain QA, general QA and the skills before
-training and every `max_steps / --evals` optimizer steps. Each method's reported checkpoint is the
-paper's rule over all of them (`evaluation.selection`): the best new-domain score whose drop on
-every retained capability is at most `--threshold`. The rows go to `<output>/results.jsonl`, the
-markdown table to `--markdown` and stdout.
+A target (`TARGETS`) names the methods' experiment configs, the model they start from, the table's
+columns and its defaults. `world`: for every seed it builds (or reuses) the world's `chat` model
+(`experiments.world_models`) and runs every method's config (`experiments/configs/disc/world*.yaml`)
+from it, the world's seed set to the run's; the columns are new-domain QA, general QA and the
+skills. `smollm2`: SmolLM2-135M-Instruct as its configs name it (`disc/smollm2_*.yaml`, the GGUF file
+of `make real`) on the fictional corpus (`datamodules.fictional`), one seed; the columns are the QA
+on the new facts and the retention set. Every method runs at each learning rate of its grid,
+evaluating the new knowledge and the retained capabilities before training and every
+`max_steps / --evals` optimizer steps. Each method's reported checkpoint is the paper's rule over
+all of them (`evaluation.selection`): the best new-knowledge score whose drop on every retained
+capability is at most `--threshold`. The rows go to `<output>/results.jsonl`, the markdown table to
+`--markdown` and stdout.
 
 Runs are subprocesses of `python -m experiments fit`, `--jobs` at a time, each with
 `cores / jobs` threads; a run whose results are complete is reused, so an interrupted table resumes
 where it stopped. Everything a run does is in its config: the table adds only the seed, the base
-model, the learning rate, the evaluation cadence and where the logs go.
+model (world), the learning rate, the evaluation cadence and where the logs go.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +42,13 @@ from typing import Any
 import yaml
 
 from common.atomic import atomic_file
-from evaluation.selection import NEW_KNOWLEDGE, Selection, select_over_runs
+from evaluation.selection import (
+    NEW_KNOWLEDGE,
+    Selection,
+    candidates_of_run,
+    select_checkpoint,
+    select_over_runs,
+)
 
 log = logging.getLogger("experiments.disc_table")
 
@@ -56,18 +68,20 @@ class Method:
     overrides: tuple[str, ...] = ()
 
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("ft", "FT", "disc/world_ft.yaml", (3e-4, 1e-3)),
-        Method("ft_kl", "FT+KL", "disc/world_ft_kl.yaml", (3e-4, 1e-3)),
-        Method("lora", "LoRA FT", "disc/world_lora.yaml", (1e-3, 3e-3)),
-        Method("talr", "TALR", "disc/world_talr.yaml", (3e-4, 1e-3)),
-        Method("rephrase", "Rephrase", "disc/world_rephrase.yaml", (3e-4, 1e-3)),
-        Method("cd_base", "CD-base", "disc/world_cd_base.yaml", (3e-4, 1e-3)),
-        Method("disc", "DiSC", "disc/world.yaml", (3e-4, 1e-3)),
-    )
-}
+def _methods(*methods: Method) -> dict[str, Method]:
+    return {m.name: m for m in methods}
+
+
+METHODS: dict[str, Method] = _methods(
+    Method("ft", "FT", "disc/world_ft.yaml", (3e-4, 1e-3)),
+    Method("ft_kl", "FT+KL", "disc/world_ft_kl.yaml", (3e-4, 1e-3)),
+    Method("lora", "LoRA FT", "disc/world_lora.yaml", (1e-3, 3e-3)),
+    Method("talr", "TALR", "disc/world_talr.yaml", (3e-4, 1e-3)),
+    Method("rephrase", "Rephrase", "disc/world_rephrase.yaml", (3e-4, 1e-3)),
+    Method("cd_base", "CD-base", "disc/world_cd_base.yaml", (3e-4, 1e-3)),
+    Method("disc", "DiSC", "disc/world.yaml", (3e-4, 1e-3)),
+)
+"""The world's methods (`--target world`)."""
 
 COLUMNS = {
     NEW_KNOWLEDGE: "new-domain QA",
@@ -77,17 +91,116 @@ COLUMNS = {
     "knowledge/qa_em/skill_reverse": "reverse",
     "knowledge/qa_em/skill_brackets": "brackets",
 }
+"""The world's columns, metric key → title; the first is the new-knowledge score."""
+
+SMOLLM2_METHODS: dict[str, Method] = _methods(
+    Method("ft", "FT", "disc/smollm2_ft.yaml", (1e-5, 3e-5)),
+    Method("ft_kl", "FT+KL", "disc/smollm2_ft_kl.yaml", (1e-5, 3e-5)),
+    Method("lora", "LoRA FT", "disc/smollm2_lora.yaml", (1e-4, 3e-4)),
+    Method("talr", "TALR", "disc/smollm2_talr.yaml", (1e-5, 3e-5)),
+    Method("rephrase", "Rephrase", "disc/smollm2_rephrase.yaml", (1e-5, 3e-5)),
+    Method("cd_base", "CD-base", "disc/smollm2_cd_base.yaml", (1e-5, 3e-5)),
+    Method("disc", "DiSC", "disc/smollm2_disc.yaml", (1e-5, 3e-5)),
+)
+"""SmolLM2-135M-Instruct's methods (`--target smollm2`). The grids are an assumption, not the result
+of a sweep: with the table's recipe (AdamW from step 0, no warm-up, a constant lr) two steps at
+1e-4 (LoRA: 1e-3) already cost FT, FT+KL, TALR, Rephrase and LoRA 10 points of retention, twice
+the rule's 5 (DiSC and CD-base 5), so full-weight methods try 1e-5 and 3e-5 and LoRA, whose
+adapters start at zero, ten times more."""
+
+SMOLLM2_COLUMNS = {
+    "knowledge/qa_em/fictional": "new-facts QA",
+    "knowledge/qa_em/retention": "retention",
+}
+"""SmolLM2's columns (`FictionalDataModule.evaluation_sets()`): the 64 questions on the new facts,
+the 20 general questions whose answers the model gave before training."""
+
+
+def world_chat_model(seed: int, cache_dir: Path) -> Path:
+    """The world's `chat` base model of `seed`, built on first use (`experiments.world_models`)."""
+    from experiments.world_models import build_world_models
+
+    return build_world_models("default", seed, cache_dir, ["chat"])["chat"].path
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """What one table is about: its methods, its columns, how its runs start, its defaults.
+
+    Attributes:
+        name: The `--target` id.
+        methods: The table's rows by command-line id, in order.
+        columns: Metric key → column title; the first key is the new-knowledge score.
+        retained: The retained capabilities the rule bounds; None: the rule's default
+            (`evaluation.selection.retained_keys` of the initial model: general QA and skills).
+        seeds: The default `--seeds`.
+        evals: The default `--evals`.
+        jobs: The default `--jobs`.
+        output: The default `--output`.
+        markdown: The default `--markdown`.
+        base_model: `(seed, cache_dir) -> path` of the model the runs of a seed start from (their
+            `model_name_or_path`); None: the configs' own model.
+        seed_overrides: CLI overrides of every run, `{seed}` replaced by the run's seed.
+        kl_column: The metric of KL(initial ‖ adapted) on held-out text shown in the runs' table,
+            or None.
+    """
+
+    name: str
+    methods: Mapping[str, Method]
+    columns: Mapping[str, str]
+    retained: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] = (0,)
+    evals: int = 5
+    jobs: int = 1
+    output: Path = Path("runs/disc_table")
+    markdown: Path = Path("docs/disc_table.md")
+    base_model: Callable[[int, Path], Path] | None = None
+    seed_overrides: tuple[str, ...] = ()
+    kl_column: str | None = None
+
+    @property
+    def new_knowledge(self) -> str:
+        """The metric the rule maximizes: the first column's."""
+        return next(iter(self.columns))
+
+
+WORLD = Target(
+    name="world",
+    methods=METHODS,
+    columns=COLUMNS,
+    seeds=(0, 1, 2),
+    evals=5,
+    jobs=2,
+    output=Path("runs/disc_table"),
+    markdown=Path("docs/disc_table.md"),
+    base_model=world_chat_model,
+    seed_overrides=("--data.init_args.world.seed={seed}",),
+    kl_column="knowledge/kl_initial/general",
+)
+SMOLLM2 = Target(
+    name="smollm2",
+    methods=SMOLLM2_METHODS,
+    columns=SMOLLM2_COLUMNS,
+    retained=("knowledge/qa_em/retention",),
+    seeds=(0,),
+    evals=2,  # once per pass over the corpus
+    jobs=1,
+    output=Path("runs/disc_table_smollm2"),
+    markdown=Path("docs/disc_table_smollm2.md"),
+)
+TARGETS: dict[str, Target] = {t.name: t for t in (WORLD, SMOLLM2)}
 
 
 @dataclass(frozen=True)
 class Run:
-    """One training run of the table."""
+    """One training run of the table (`base_model` None: the config's own model)."""
 
     method: Method
     seed: int
     lr: float
-    base_model: Path
+    base_model: Path | None
     seed_dir: Path
+    target: Target = WORLD
 
     @property
     def name(self) -> str:
@@ -138,6 +251,12 @@ def is_complete(results: Path) -> bool:
 
 def command(run: Run, overlay: Path, extra: Sequence[str]) -> list[str]:
     """The `python -m experiments fit` command line of a run."""
+    if run.base_model is None:
+        if any("{model}" in o for o in run.method.overrides):
+            raise ValueError(f"{run.method.name}: an override names {{model}}; the run has none")
+        model = []
+    else:
+        model = [f"--model.init_args.model_name_or_path={run.base_model}"]
     overrides = [o.format(model=run.base_model) for o in run.method.overrides]
     return [
         sys.executable,
@@ -149,8 +268,8 @@ def command(run: Run, overlay: Path, extra: Sequence[str]) -> list[str]:
         "--config",
         str(overlay),
         f"--seed_everything={run.seed}",
-        f"--data.init_args.world.seed={run.seed}",
-        f"--model.init_args.model_name_or_path={run.base_model}",
+        *(o.format(seed=run.seed) for o in run.target.seed_overrides),
+        *model,
         f"--model.init_args.optimizer.init_args.lr={run.lr}",
         f"--trainer.default_root_dir={run.seed_dir / run.name}",
         f"--trainer.logger.init_args.save_dir={run.seed_dir}",
@@ -163,9 +282,13 @@ def command(run: Run, overlay: Path, extra: Sequence[str]) -> list[str]:
 
 def execute(run: Run, overlay: Path, extra: Sequence[str], threads: int) -> float:
     """Run one training (skipped when complete); returns its wall time. Output goes to `train.log`."""
+    wall_file = run.directory.parent / "wall_s"
     if is_complete(run.results):
         log.info("reusing %s seed %d (complete)", run.name, run.seed)
-        return 0.0
+        try:
+            return float(wall_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return 0.0
     if run.directory.exists():
         shutil.rmtree(run.directory)  # an interrupted run: start it again
     run.directory.mkdir(parents=True)
@@ -183,17 +306,36 @@ def execute(run: Run, overlay: Path, extra: Sequence[str], threads: int) -> floa
             f"{run.name} (seed {run.seed}) failed with exit code {code}; see "
             f"{run.directory.parent / 'train.log'}"
         )
+    wall_file.write_text(f"{wall:.1f}\n", encoding="utf-8")
     log.info("finished %s seed %d in %.0f s", run.name, run.seed, wall)
     return wall
 
 
+def select_method(runs: Sequence[Run], threshold: float) -> Selection:
+    """The rule over one method's runs of one seed (its learning-rate grid) with the target's
+    new-knowledge score and retained capabilities: `evaluation.selection.select_over_runs` checks
+    that the runs start from one model, `select_checkpoint` selects."""
+    target = runs[0].target
+    results, lrs = [r.results for r in runs], [r.lr for r in runs]
+    start = select_over_runs(results, lrs=lrs, threshold=threshold, target=target.new_knowledge)
+    candidates = [c for path, lr in zip(results, lrs) for c in candidates_of_run(path, lr=lr)[0]]
+    return select_checkpoint(
+        candidates,
+        start.base,
+        target=target.new_knowledge,
+        retained=target.retained,
+        threshold=threshold,
+    )
+
+
 def selection_row(method: str, seed: int, runs: Sequence[Run], threshold: float) -> dict[str, Any]:
     """The selected checkpoint of one method on one seed, as a JSON-able row."""
-    chosen: Selection = select_over_runs(
-        [r.results for r in runs], lrs=[r.lr for r in runs], threshold=threshold
-    )
+    target = runs[0].target
+    chosen = select_method(runs, threshold)
+    columns = target.columns
     return {
-        "method": METHODS[method].title,
+        "target": target.name,
+        "method": target.methods[method].title,
         "seed": seed,
         "lrs": [r.lr for r in runs],
         "selected_lr": None if chosen.is_base else chosen.chosen.lr,
@@ -201,8 +343,8 @@ def selection_row(method: str, seed: int, runs: Sequence[Run], threshold: float)
         "is_base": chosen.is_base,
         "eligible": chosen.eligible,
         "candidates": chosen.candidates,
-        "metrics": {k: chosen.chosen.metrics[k] for k in COLUMNS if k in chosen.chosen.metrics},
-        "base": {k: chosen.base[k] for k in COLUMNS if k in chosen.base},
+        "metrics": {k: chosen.chosen.metrics[k] for k in columns if k in chosen.chosen.metrics},
+        "base": {k: chosen.base[k] for k in columns if k in chosen.base},
     }
 
 
@@ -210,17 +352,24 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def markdown(rows: Sequence[Mapping[str, Any]], threshold: float) -> str:
-    """Per method: mean over seeds of each column at the selected checkpoint, the per-seed values,
-    and the learning rates tried; the base model first."""
+def markdown(
+    rows: Sequence[Mapping[str, Any]], threshold: float, target: Target | None = None
+) -> str:
+    """Per method: mean over seeds of each of the target's columns at the selected checkpoint, the
+    per-seed values, and the learning rates tried; the base model first. `target` defaults to the
+    rows' own (`selection_row`'s `target`; the world for rows without one)."""
+    if target is None:
+        target = TARGETS[rows[0].get("target", WORLD.name)]
+    columns = target.columns
     seeds = sorted({r["seed"] for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
     by = {(r["method"], r["seed"]): r for r in rows}
-    header = ["method", *COLUMNS.values(), "selected (lr @ step, per seed)", "lrs tried"]
+    header = ["method", *columns.values(), "selected (lr @ step, per seed)", "lrs tried"]
     lines = [
         f"Exact match (%), mean over seeds {', '.join(map(str, seeds))}, at each method's checkpoint "
-        f"selected by the rule (best new-domain QA with every retained drop ≤ {100 * threshold:g} "
-        "points; the initial model when nothing qualifies). Per-seed values in brackets.",
+        f"selected by the rule (best {columns[target.new_knowledge]} with every retained drop ≤ "
+        f"{100 * threshold:g} points; the initial model when nothing qualifies). Per-seed values "
+        "in brackets.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + " --- |" * len(header),
@@ -228,7 +377,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], threshold: float) -> str:
 
     def cells(get) -> list[str]:
         out = []
-        for key in COLUMNS:
+        for key in columns:
             values = [get(seed).get(key) for seed in seeds]
             if any(v is None for v in values):
                 out.append("–")
@@ -255,14 +404,62 @@ def markdown(rows: Sequence[Mapping[str, Any]], threshold: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_lr_overrides(values: Sequence[str]) -> dict[str, tuple[float, ...]]:
-    """`NAME=lr,lr,...` → {NAME: (lr, ...)}."""
+def final_row(run: Run) -> dict[str, Any]:
+    """A run's last evaluation (the end of training), as a JSON-able row."""
+    found, _ = candidates_of_run(run.results, lr=run.lr)
+    last = max(found, key=lambda c: c.step)
+    keys = [*run.target.columns, *([run.target.kl_column] if run.target.kl_column else [])]
+    return {
+        "target": run.target.name,
+        "method": run.method.title,
+        "seed": run.seed,
+        "lr": run.lr,
+        "step": last.step,
+        "metrics": {k: last.metrics[k] for k in keys if k in last.metrics},
+    }
+
+
+def runs_markdown(rows: Sequence[Mapping[str, Any]], target: Target) -> str:
+    """Every (method, lr) at the end of training, mean over seeds: the trade-off the rule sees."""
+    columns = dict(target.columns)
+    if target.kl_column:
+        columns[target.kl_column] = "KL(initial ‖ adapted)"
+    seeds = sorted({r["seed"] for r in rows})
+    header = ["method", "lr", "steps", *columns.values()]
+    lines = [
+        f"Every run at the end of training, mean over seeds {', '.join(map(str, seeds))} "
+        "(exact match in %; the KL in nats per token on held-out general text).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+    ]
+    groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["lr"]), []).append(row)
+    for (method, lr), group in groups.items():
+        cells = []
+        for key in columns:
+            values = [r["metrics"].get(key) for r in group]
+            if any(v is None for v in values):
+                cells.append("–")
+            elif key == target.kl_column:
+                cells.append(f"{statistics.fmean(values):.3f}")
+            else:
+                cells.append(_pct(statistics.fmean(values)))
+        lines.append(f"| {method} | {lr:g} | {group[0]['step']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_lr_overrides(
+    values: Sequence[str], methods: Mapping[str, Method] = METHODS
+) -> dict[str, tuple[float, ...]]:
+    """`NAME=lr,lr,...` → {NAME: (lr, ...)}, NAME one of `methods`."""
     grids = {}
     for value in values:
         name, sep, lrs = value.partition("=")
-        if not sep or name not in METHODS:
+        if not sep or name not in methods:
             raise SystemExit(
-                f"--lrs {value!r}: expected METHOD=lr,lr with METHOD in {list(METHODS)}"
+                f"--lrs {value!r}: expected METHOD=lr,lr with METHOD in {list(methods)}"
             )
         try:
             grids[name] = tuple(float(x) for x in lrs.split(","))
@@ -271,24 +468,58 @@ def parse_lr_overrides(values: Sequence[str]) -> dict[str, tuple[float, ...]]:
     return grids
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Run the table and write it."""
-    from experiments.world_models import DEFAULT_CACHE_DIR, build_world_models
+def plan(
+    target: Target,
+    seeds: Sequence[int],
+    grids: Mapping[str, Sequence[float]],
+    output: Path,
+    base_models: Mapping[int, Path | None] | None = None,
+) -> list[Run]:
+    """Every run of a table: per seed, per method of `grids` (in its order), per learning rate;
+    `base_models[seed]` is the model of a seed's runs (default: the configs' own)."""
+    models = base_models or {}
+    return [
+        Run(target.methods[name], seed, lr, models.get(seed), output / f"seed{seed}", target)
+        for seed in seeds
+        for name, lrs in grids.items()
+        for lr in lrs
+    ]
+
+
+def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, with the target's defaults for what it leaves out."""
+    from experiments.world_models import DEFAULT_CACHE_DIR
 
     parser = argparse.ArgumentParser(
         prog="python -m experiments.disc_table", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--target", choices=list(TARGETS), default=WORLD.name)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="default: the target's (world 0 1 2, smollm2 0)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(dict.fromkeys(m for t in TARGETS.values() for m in t.methods)),
+        help="the table's rows, in this order (default: all the target's methods)",
+    )
     parser.add_argument(
         "--lrs", nargs="*", default=[], metavar="METHOD=LR,LR", help="replace a method's lr grid"
     )
-    parser.add_argument("--evals", type=int, default=5, help="step evaluations per run")
+    parser.add_argument(
+        "--evals", type=int, help="step evaluations per run (default: world 5, smollm2 2)"
+    )
     parser.add_argument("--threshold", type=float, default=0.05, help="largest allowed drop")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    parser.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE_DIR)
-    parser.add_argument("--output", type=Path, default=Path("runs/disc_table"))
-    parser.add_argument("--markdown", type=Path, default=Path("docs/disc_table.md"))
+    parser.add_argument("--jobs", type=int, help="runs at a time (default: world 2, smollm2 1)")
+    parser.add_argument(
+        "--cache_dir", type=Path, default=DEFAULT_CACHE_DIR, help="the world models' cache"
+    )
+    parser.add_argument(
+        "--output", type=Path, help="default: runs/disc_table (world), runs/disc_table_smollm2"
+    )
+    parser.add_argument(
+        "--markdown", type=Path, help="default: docs/disc_table.md, docs/disc_table_smollm2.md"
+    )
     parser.add_argument(
         "--run_arg",
         action="append",
@@ -297,26 +528,42 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         help="an extra override of every run, e.g. --run_arg=--trainer.max_steps=4 (repeatable)",
     )
     options = parser.parse_args(argv)
+    target = TARGETS[options.target]
+    options.target = target
+    options.seeds = options.seeds or list(target.seeds)
+    unknown = [m for m in options.methods or () if m not in target.methods]
+    if unknown:
+        parser.error(f"--methods {unknown}: target {target.name} has {list(target.methods)}")
+    options.methods = options.methods or list(target.methods)
+    options.evals = options.evals or target.evals
+    options.jobs = options.jobs or target.jobs
+    options.output = options.output or target.output
+    options.markdown = options.markdown or target.markdown
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run the table and write it."""
+    options = parse_options(argv)
+    target: Target = options.target
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    grids = {name: METHODS[name].lrs for name in options.methods}
-    grids.update(parse_lr_overrides(options.lrs))
+    grids = {name: target.methods[name].lrs for name in options.methods}
+    grids.update(parse_lr_overrides(options.lrs, target.methods))
     started = time.perf_counter()
 
-    runs: list[Run] = []
-    for seed in options.seeds:
-        chat = build_world_models("default", seed, options.cache_dir, ["chat"])["chat"].path
-        for name in options.methods:
-            method = METHODS[name]
-            runs += [
-                Run(method, seed, lr, chat, options.output / f"seed{seed}") for lr in grids[name]
-            ]
+    base_models = {
+        seed: None if target.base_model is None else target.base_model(seed, options.cache_dir)
+        for seed in options.seeds
+    }
+    runs = plan(target, options.seeds, grids, options.output, base_models)
     overlays = {
-        m: evaluation_overlay(CONFIG_DIR / METHODS[m].config, options.evals, options.output)
+        m: evaluation_overlay(CONFIG_DIR / target.methods[m].config, options.evals, options.output)
         for m in options.methods
     }
     threads = max(1, (os.cpu_count() or 1) // options.jobs)
+    reused = sum(is_complete(r.results) for r in runs)
     with ThreadPoolExecutor(max_workers=options.jobs) as pool:
         walls = list(
             pool.map(lambda r: execute(r, overlays[r.method.name], options.run_arg, threads), runs)
@@ -332,10 +579,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     elapsed = time.perf_counter() - started
     with atomic_file(options.output / "results.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    table = markdown(rows, options.threshold)
+    finals = [final_row(r) for r in runs]
+    with atomic_file(options.output / "runs.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in finals))
+    table = markdown(rows, options.threshold, target) + "\n" + runs_markdown(finals, target)
     footer = (
-        f"\n{len(runs)} runs, {sum(walls):.0f} s of training runs, {elapsed:.0f} s in all "
-        f"(`--jobs {options.jobs}`, {threads} thread(s) each).\n"
+        f"\n{len(runs)} runs, {sum(walls):.0f} s of training runs (each in its own process, "
+        f"`--jobs {options.jobs}` at a time, {threads} thread(s) each); this invocation took "
+        f"{elapsed:.0f} s and reused {reused} finished runs.\n"
     )
     options.markdown.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(options.markdown) as tmp:
