@@ -428,7 +428,8 @@ def runs_markdown(rows: Sequence[Mapping[str, Any]], target: Target) -> str:
     header = ["method", "lr", "steps", *columns.values()]
     lines = [
         f"Every run at the end of training, mean over seeds {', '.join(map(str, seeds))} "
-        "(exact match in %; the KL in nats per token on held-out general text).",
+        "(exact match in %"
+        + ("; the KL in nats per token on held-out general text)." if target.kl_column else ")."),
         "",
         "| " + " | ".join(header) + " |",
         "|" + " --- |" * len(header),

@@ -100,7 +100,7 @@ def test_include_resolves_relative_to_the_including_file(tmp_path: Path, capfd) 
 
 @pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.name)
 def test_every_sweep_names_cli_keys_and_a_sampled_combination_parses(
-    sweep: Path, tmp_path: Path
+    sweep: Path, tmp_path: Path, tiny_base_model: Path
 ) -> None:
     spec = yaml.safe_load(sweep.read_text())
     command = spec["command"]
@@ -113,6 +113,9 @@ def test_every_sweep_names_cli_keys_and_a_sampled_combination_parses(
         candidates = spec_values.get("values") or [spec_values.get("value", spec_values.get("min"))]
         sampled[key] = candidates[-1]
     combination = [f"--{key}={value}" for key, value in sampled.items()]
+    configs = [Path(c) for c in fixed if c.endswith(".yaml")]
+    if any("model_name_or_path" in c.read_text() for c in configs):  # a cached base model
+        combination.append(f"--model.init_args.model_name_or_path={tiny_base_model}")
     cli = build_cli(
         [*fixed, *combination, f"--trainer.logger.init_args.save_dir={tmp_path}"], run=False
     )

@@ -32,12 +32,16 @@ class MethodCase:
         data_yaml: The `data:` block, or None for the shared small pre-training data
             (`{tokenizer}`, `{train}` and `{cache}` are filled in).
         has_teacher: Whether the module builds a teacher (checked to stay out of checkpoints).
+        distributed: Whether the two-process (DDP, FSDP2) equalities run for this case. Off only
+            for a case whose module and sampler another case already runs distributed (each
+            costs about a minute of CI).
     """
 
     name: str
     model_yaml: str
     data_yaml: str | None = None
     has_teacher: bool = False
+    distributed: bool = True
 
 
 def causal_lm(init_args: str = "") -> str:
@@ -102,6 +106,7 @@ METHODS: list[MethodCase] = [
             "    generation_cache_dir: {cache}/generations\n"
             "    generation: {{prompt: rephrase, max_new_tokens: 12}}\n"
         ),
+        distributed=False,  # CausalLMModule on the shared sampler: the causal_lm case
     ),
     MethodCase(  # CD-base: DiSC's loss, the teacher reading document + the model's continuation
         "cd_base",
@@ -115,6 +120,7 @@ METHODS: list[MethodCase] = [
             "    generation_cache_dir: {cache}/generations\n",
         ),
         has_teacher=True,
+        distributed=False,  # DiSCModule on the split-context sampler: the disc case
     ),
 ]
 
