@@ -230,18 +230,15 @@ def perplexity_chunks(tokenizer: Any, texts: Sequence[str], max_length: int) -> 
 def _hidden_and_head(
     model: Reference, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Final hidden states `[B, L, H]` and the (detached) LM head of a model or a `Teacher`.
-
-    The head is detached so that the fused loss does no gradient work: its autograd function
-    computes the head's gradient in forward whenever the weight requires grad, `no_grad` or not.
-    """
+    """Final hidden states `[B, L, H]` and the LM head of a model or a `Teacher` (called under
+    `no_grad`, where the fused losses do no gradient work)."""
     if isinstance(model, nn.Module):
         hidden = decoder_hidden_states(model, input_ids, attention_mask=attention_mask)
         weight, bias = output_head(model)
     else:
         hidden = model.hidden_states(input_ids, attention_mask=attention_mask)
         weight, bias = model.head()
-    return hidden, weight.detach(), bias.detach() if bias is not None else None
+    return hidden, weight, bias
 
 
 @torch.no_grad()
