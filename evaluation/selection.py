@@ -183,10 +183,12 @@ def select_over_runs(
     lrs: Sequence[float | None] | None = None,
     threshold: float = 0.05,
     target: str = NEW_KNOWLEDGE,
+    retained: Sequence[str] | None = None,
 ) -> Selection:
     """`select_checkpoint` over several runs of one method (its learning-rate grid). Every run must
     start from the same initial model: their `fit_start` rows must agree. `lrs` gives each run's
-    learning rate (default: read from the config saved beside its results)."""
+    learning rate (default: read from the config saved beside its results); `retained` is
+    `select_checkpoint`'s."""
     candidates: list[Candidate] = []
     base: dict[str, float] | None = None
     if lrs is not None and len(lrs) != len(results_files):
@@ -208,7 +210,9 @@ def select_over_runs(
             "no run has a fit_start evaluation (KnowledgeEvalCallback on_fit_start: true): the "
             "rule needs the initial model's scores"
         )
-    return select_checkpoint(candidates, base, target=target, threshold=threshold)
+    return select_checkpoint(
+        candidates, base, target=target, retained=retained, threshold=threshold
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Selection]:

@@ -42,13 +42,7 @@ from typing import Any
 import yaml
 
 from common.atomic import atomic_file
-from evaluation.selection import (
-    NEW_KNOWLEDGE,
-    Selection,
-    candidates_of_run,
-    select_checkpoint,
-    select_over_runs,
-)
+from evaluation.selection import NEW_KNOWLEDGE, Selection, candidates_of_run, select_over_runs
 
 log = logging.getLogger("experiments.disc_table")
 
@@ -313,18 +307,14 @@ def execute(run: Run, overlay: Path, extra: Sequence[str], threads: int) -> floa
 
 def select_method(runs: Sequence[Run], threshold: float) -> Selection:
     """The rule over one method's runs of one seed (its learning-rate grid) with the target's
-    new-knowledge score and retained capabilities: `evaluation.selection.select_over_runs` checks
-    that the runs start from one model, `select_checkpoint` selects."""
+    new-knowledge score and retained capabilities (`evaluation.selection.select_over_runs`)."""
     target = runs[0].target
-    results, lrs = [r.results for r in runs], [r.lr for r in runs]
-    start = select_over_runs(results, lrs=lrs, threshold=threshold, target=target.new_knowledge)
-    candidates = [c for path, lr in zip(results, lrs) for c in candidates_of_run(path, lr=lr)[0]]
-    return select_checkpoint(
-        candidates,
-        start.base,
+    return select_over_runs(
+        [r.results for r in runs],
+        lrs=[r.lr for r in runs],
+        threshold=threshold,
         target=target.new_knowledge,
         retained=target.retained,
-        threshold=threshold,
     )
 
 
