@@ -317,7 +317,8 @@ class PackedDataset(torch.utils.data.Dataset):
     """Rows of several sources under one global row index (source 0's rows first, and so on).
 
     `dataset[i]` or `dataset[(i, step_weight)]` returns the arrays of global row `i` plus
-    `sample_index` (and `step_weight` when given), ready for `collate_rows`. All parts must use
+    `sample_index`, `source_index` (the row's position in `parts`) and `step_weight` (when given),
+    ready for `collate_rows`. All parts must use
     the same `loss_weighting`.
 
     Args:
@@ -369,6 +370,7 @@ class PackedDataset(torch.utils.data.Dataset):
         part, local = self.locate(index)
         item: dict[str, Any] = self.parts[part].row(local, self.pad_token_id)
         item["sample_index"] = index
+        item["source_index"] = part
         if step_weight is not None:
             item["step_weight"] = float(step_weight)
         return item
@@ -396,7 +398,8 @@ def collate_rows(
 
     Trailing columns that are padding in every row are trimmed (keeping a multiple of
     `pad_to_multiple_of`), so batches of short samples are not padded to `max_length`.
-    `loss_weights` (float32) is stacked when the rows carry it (`sample` weighting). `step_weight`
+    `loss_weights` (float32) is stacked when the rows carry it (`sample` weighting), and
+    `source_index` (long, which train source each row comes from) when they carry it. `step_weight`
     (0-dim float64) is taken from the rows (the sampler's total for the whole optimizer step) or,
     when absent (evaluation), is this batch's total weight.
     """
@@ -410,6 +413,10 @@ def collate_rows(
     if keep < width:
         batch = {k: v[:, :keep].contiguous() for k, v in batch.items()}
     batch["sample_index"] = torch.tensor([int(r["sample_index"]) for r in rows], dtype=torch.long)
+    if "source_index" in rows[0]:
+        batch["source_index"] = torch.tensor(
+            [int(r["source_index"]) for r in rows], dtype=torch.long
+        )
     if "step_weight" in rows[0]:
         values = {float(r["step_weight"]) for r in rows}
         if len(values) != 1:

@@ -156,6 +156,11 @@ class PretrainingDataModule(L.LightningDataModule):
         return list(self.val_sources)
 
     @property
+    def train_source_names(self) -> list[str]:
+        """Names of the train sources, in `train_sources` order (a batch's `source_index` indexes it)."""
+        return [spec.name or spec.display_name for spec in self.train_sources]
+
+    @property
     def train_dataset(self) -> PackedDataset:
         """All train rows (after `setup`)."""
         if self._train_dataset is None:

@@ -3,6 +3,7 @@
 from lightning_modules.base import CausalLMModule
 from lightning_modules.disc import DiSCModule
 from lightning_modules.forward import CausalLMWithLoss, TeacherInputs
+from lightning_modules.mix_cpt import MixCPTModule
 from lightning_modules.modeling import LoraSettings, ModelSource
 from lightning_modules.schedulers import WarmupCosineLR
 from lightning_modules.talr import TALRModule
@@ -13,6 +14,7 @@ __all__ = [
     "CausalLMWithLoss",
     "DiSCModule",
     "LoraSettings",
+    "MixCPTModule",
     "ModelSource",
     "TALRModule",
     "Teacher",

@@ -236,13 +236,18 @@ class CausalLMModule(LightningModule):
         teacher_inputs: TeacherInputs | None = None,
         use_teacher: bool = True,
         token_weight_fn: TokenWeightFn | None = None,
+        distill_mask: Tensor | None = None,
+        per_row: bool = False,
     ) -> dict[str, Tensor]:
         """Weighted loss sums of the student on `batch` (the root module's forward; see `forward.py`).
 
         `batch` needs `input_ids` and `labels`, optionally `position_ids`, `attention_mask` and
         `loss_weights`. The teacher reads the same rows unless `teacher_inputs` says otherwise.
         `token_weight_fn` (CE only, no teacher) multiplies each target's CE by a detached weight
-        computed from the detached per-token NLLs in the same forward (TALR).
+        computed from the detached per-token NLLs in the same forward (TALR). `distill_mask`
+        limits the distillation term to the marked targets (plain CE elsewhere; Mix-CPT's
+        per-source LSSD). `per_row` adds each row's CE sum, and the teacher's, as `row_ce` and
+        `teacher_row_ce` (DPO, format-alignment scoring).
         """
         teacher = self._teacher if use_teacher else None
         if teacher is not None:
@@ -257,6 +262,8 @@ class CausalLMModule(LightningModule):
             teacher=teacher,
             teacher_inputs=teacher_inputs,
             token_weight_fn=token_weight_fn,
+            distill_mask=distill_mask,
+            per_row=per_row,
         )
 
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

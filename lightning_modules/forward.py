@@ -17,6 +17,13 @@ student position `t` is the teacher's own position `t` when it reads the student
 Per-token weights that depend on the student's own losses (TALR) come from `token_weight_fn`: the
 forward computes the per-token CE (`reduction="none"`), calls the function on the detached NLLs and
 multiplies the CE by its (detached) result, all in the same single decoder pass.
+
+Two more outputs serve the methods that need them, still in one decoder pass:
+
+- `distill_mask` (Mix-CPT's per-source LSSD): the distillation term applies only at the marked
+  targets; the others get plain CE. The teacher reads only the rows that hold a marked target.
+- `per_row` (DPO, format-alignment scoring): the weighted CE of every row, with its gradient, and
+  the teacher's (reference model's) row CE on the same labels, without.
 """
 
 from __future__ import annotations
@@ -82,6 +89,8 @@ class CausalLMWithLoss(nn.Module):
         teacher: Teacher | None = None,
         teacher_inputs: TeacherInputs | None = None,
         token_weight_fn: TokenWeightFn | None = None,
+        distill_mask: Tensor | None = None,
+        per_row: bool = False,
     ) -> dict[str, Tensor]:
         """`{"loss": Σ w·(ce_weight·CE + kl_weight·D), "ce": Σ w·CE, "kl": Σ w·D}` over target tokens.
 
@@ -91,9 +100,34 @@ class CausalLMWithLoss(nn.Module):
         With `token_weight_fn` (no teacher, `kl_weight == 0`): `{"loss": ce_weight · Σ w·a·CE,
         "ce": Σ w·CE, "token_weight": Σ w·a}`, where `a = token_weight_fn(...)` is detached (see
         `TokenWeightFn`) and `w` the `loss_weights`; `"ce"` and `"token_weight"` carry no gradient.
+
+        With `distill_mask` (`[B, L]` bool aligned with `labels`, a teacher): the targets where it
+        is True get `ce_weight·CE + kl_weight·D`, the others plain CE (weight 1, so a `replace`
+        spec with `ce_weight == 0` still trains them); `"kl"` sums over the marked targets only.
+
+        With `per_row` (`kl_weight == 0`): also `"row_ce"` `[B]` = Σ w·CE of each row (with its
+        gradient; `"loss"` is `ce_weight` times its sum) and, with a teacher, `"teacher_row_ce"`
+        `[B]`, the teacher's row CE on the same labels and weights (no gradient).
         """
         if token_weight_fn is not None and (teacher is not None or spec.kl_weight != 0):
             raise ValueError("token_weight_fn is supported for CE without a teacher only")
+        if per_row:
+            return self._per_row(
+                input_ids, labels, spec, position_ids, attention_mask, loss_weights, teacher
+            )
+        if distill_mask is not None:
+            if teacher is None or teacher_inputs is not None:
+                raise ValueError("distill_mask needs a teacher reading the student's own rows")
+            return self._masked_distillation(
+                input_ids,
+                labels,
+                spec,
+                position_ids,
+                attention_mask,
+                loss_weights,
+                teacher,
+                distill_mask,
+            )
         teacher_hidden = None
         if teacher is not None:
             source = teacher_inputs
@@ -155,6 +189,140 @@ class CausalLMWithLoss(nn.Module):
             return_parts=True,
         )
         return {"loss": loss, "ce": parts["ce"], "kl": parts["kl"]}
+
+    def _per_row(
+        self,
+        input_ids: Tensor,
+        labels: Tensor,
+        spec: LossSpec,
+        position_ids: Tensor | None,
+        attention_mask: Tensor | None,
+        loss_weights: Tensor | None,
+        teacher: Teacher | None,
+    ) -> dict[str, Tensor]:
+        """The `per_row` outputs of `forward`: row CE sums of the student (and of the teacher)."""
+        if spec.kl_weight != 0:
+            raise ValueError("per_row gives CE sums only: use a spec with kl_weight == 0")
+        targets = labels[:, 1:]
+        weights = loss_weights[:, 1:] if loss_weights is not None else None
+        outputs: dict[str, Tensor] = {}
+        if teacher is not None:
+            with torch.no_grad():
+                hidden_t = teacher.hidden_states(input_ids, position_ids, attention_mask)
+                weight_t, bias_t = teacher.head()
+                outputs["teacher_row_ce"] = _row_cross_entropy(
+                    hidden_t[:, :-1], weight_t, bias_t, targets, weights, spec
+                )
+        hidden = decoder_hidden_states(self.model, input_ids, position_ids, attention_mask)
+        weight, bias = output_head(self.model)
+        row_ce = _row_cross_entropy(hidden[:, :-1], weight, bias, targets, weights, spec)
+        total = row_ce.sum()
+        outputs.update(loss=total * spec.ce_weight, ce=total.detach(), row_ce=row_ce)
+        return outputs
+
+    def _masked_distillation(
+        self,
+        input_ids: Tensor,
+        labels: Tensor,
+        spec: LossSpec,
+        position_ids: Tensor | None,
+        attention_mask: Tensor | None,
+        loss_weights: Tensor | None,
+        teacher: Teacher,
+        distill_mask: Tensor,
+    ) -> dict[str, Tensor]:
+        """The `distill_mask` outputs of `forward`: the spec's loss on the marked targets, CE elsewhere."""
+        if distill_mask.shape != labels.shape:
+            raise ValueError(
+                f"distill_mask has shape {tuple(distill_mask.shape)}, labels {tuple(labels.shape)}"
+            )
+        targets = labels[:, 1:]
+        marked = distill_mask[:, 1:].to(torch.bool) & (targets != IGNORE_INDEX)
+        weights = loss_weights[:, 1:] if loss_weights is not None else None
+        rows = marked.any(dim=1).nonzero().squeeze(1)
+        hidden = decoder_hidden_states(self.model, input_ids, position_ids, attention_mask)
+        weight, bias = output_head(self.model)
+        hidden = hidden[:, :-1]
+        plain_targets = targets.masked_fill(marked, IGNORE_INDEX)
+        if bool((plain_targets != IGNORE_INDEX).any()):
+            ce_plain = fused_linear_cross_entropy(
+                hidden,
+                weight,
+                plain_targets,
+                bias,
+                token_weights=weights,
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+                chunk_size=spec.chunk_size,
+            )
+        else:
+            ce_plain = hidden.new_zeros((), dtype=torch.float32)
+        if rows.numel() == 0 and not _forwards_are_collective():
+            zero = ce_plain.detach().new_zeros(())
+            return {"loss": ce_plain, "ce": ce_plain.detach(), "kl": zero}
+        if _forwards_are_collective():
+            # A sharded teacher (FSDP2 layers, or the sharded student with its adapters off)
+            # all-gathers in its forward: every rank runs it on every micro-batch, marked or not.
+            teacher_hidden = teacher.hidden_states(input_ids, position_ids, attention_mask)
+            if rows.numel() == 0:
+                zero = ce_plain.detach().new_zeros(())
+                return {"loss": ce_plain, "ce": ce_plain.detach(), "kl": zero}
+            teacher_hidden = teacher_hidden[rows][:, :-1]
+        else:
+            teacher_hidden = teacher.hidden_states(
+                input_ids[rows],
+                position_ids[rows] if position_ids is not None else None,
+                attention_mask[rows] if attention_mask is not None else None,
+            )[:, :-1]
+        teacher_weight, teacher_bias = teacher.head()
+        distill_targets = targets[rows].masked_fill(~marked[rows], IGNORE_INDEX)
+        loss, parts = fused_linear_distillation_loss(
+            hidden[rows],
+            weight,
+            distill_targets,
+            spec=spec,
+            teacher_hidden=teacher_hidden,
+            teacher_weight=teacher_weight,
+            student_bias=bias,
+            teacher_bias=teacher_bias,
+            token_weights=weights[rows] if weights is not None else None,
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+            return_parts=True,
+        )
+        return {
+            "loss": loss + ce_plain,
+            "ce": parts["ce"] + ce_plain.detach(),
+            "kl": parts["kl"],
+        }
+
+
+def _forwards_are_collective() -> bool:
+    """True in a multi-process run, where a (sharded) model's forward may be a collective."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _row_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    loss_weights: Tensor | None,
+    spec: LossSpec,
+) -> Tensor:
+    """`[B]`: Σ_t w_t · CE_t of each row (fused, `reduction="none"`; differentiable)."""
+    nll = fused_linear_cross_entropy(
+        hidden,
+        weight,
+        targets,
+        bias,
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+        chunk_size=spec.chunk_size,
+    )
+    if loss_weights is not None:
+        nll = nll * torch.where(targets != IGNORE_INDEX, loss_weights.to(nll.dtype), 0.0)
+    return nll.sum(dim=1)
 
 
 def _adaptive_cross_entropy(

@@ -95,7 +95,7 @@ def test_train_batches_follow_the_contract(
     for batch in batches:
         assert set(batch) == {
             "input_ids", "labels", "position_ids", "attention_mask", "sample_index",
-            "step_weight",
+            "source_index", "step_weight",
         }  # fmt: skip
         assert batch["input_ids"].shape[0] == 2 and batch["input_ids"].dtype == torch.long
         assert batch["step_weight"].shape == () and batch["step_weight"].dtype == torch.float64

@@ -68,6 +68,22 @@ data:
 """
 
 
+# Two sources over the shared corpus (rows hold one source each): for per-source settings.
+TWO_SOURCE_DATA = """\
+data:
+  class_path: datamodules.PretrainingDataModule
+  init_args:
+    tokenizer: {tokenizer}
+    train_sources:
+      - {{path: {train}, name: domain, ratio: 0.5}}
+      - {{path: {train}, name: general, ratio: 0.5}}
+    max_length: 32
+    micro_batch_size: 4
+    seed: 3
+    cache_dir: {cache}
+"""
+
+
 METHODS: list[MethodCase] = [
     MethodCase("causal_lm", causal_lm()),
     MethodCase(
@@ -121,6 +137,14 @@ METHODS: list[MethodCase] = [
         ),
         has_teacher=True,
         distributed=False,  # DiSCModule on the split-context sampler: the disc case
+    ),
+    MethodCase(  # Mix-CPT stage 1: CE everywhere, LSSD (logit swap) on source "domain" only
+        "mix_cpt",
+        "model:\n  class_path: lightning_modules.MixCPTModule\n  init_args:\n"
+        f"    model_config: {_TINY}\n    attn_implementation: sdpa\n"
+        "    mode: add\n    alpha: 1.0\n    lssd_sources: [domain]\n",
+        data_yaml=TWO_SOURCE_DATA,
+        has_teacher=True,
     ),
 ]
 
