@@ -4,9 +4,19 @@ A reader yields the text of each document in a fixed order and raises one `DataE
 file and line (JSONL, text) or record index (Parquet, HF datasets) on the first bad record. Empty or
 whitespace-only documents are skipped and counted in `ReadStats`, never silently dropped.
 
-With `SourceSpec.prompt_field` (SFT with masked prompts), `read_records` yields `(text, prompt)`
-pairs, the prompt a prefix of the text (else a `DataError` naming the record); the store then
-gives the prompt's tokens no loss.
+A record's text comes from one of (all rendered here, in `read_samples`, the one reader):
+
+- `text_field`: the field itself (the default);
+- `template`: a `str.format` template over the record's fields, e.g. `"{instruction}\n{response}"`
+  (Mix-CPT's format-free conversion of instruction and preference records to plain text);
+- `messages_field`: a multi-turn chat rendered with `chat_template` (`datamodules.chat_template`).
+
+`read_samples` yields `Sample(text, loss_spans)`: `loss_spans` None means every token is a target;
+otherwise the `[start, end)` character spans whose tokens get loss (the store turns them into a
+per-token mask, see `store.loss_span_mask`): the completion after `prompt_field` / `template_prompt`
+(one span from the prompt's end to the text's end; the prompt must be a prefix of the text, else a
+`DataError` naming the record), or the assistant turns of a chat. `read_records` keeps the older
+`(text, prompt)` view of prompt sources, `read_documents` the texts alone.
 """
 
 from __future__ import annotations
@@ -14,13 +24,22 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from common.errors import ConfigError, DataError
 from common.jsonl import read_jsonl
+from datamodules.chat_template import (
+    PLAIN,
+    TOKENIZER,
+    ChatError,
+    ChatRenderer,
+    check_chat_template,
+    check_messages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +69,8 @@ class SourceSpec:
         format: `auto` (from the suffix: .jsonl/.json/.ndjson, .parquet/.pq, .txt/.text/.md, a
             `save_to_disk` directory), `jsonl` (one JSON object per line), `parquet`, `text` (one
             document per file; a directory means all its .txt/.text/.md files, recursively) or `hf`.
-        text_field: The field (JSONL, HF) or column (Parquet) holding the text.
+        text_field: The field (JSONL, HF) or column (Parquet) holding the text (not read with
+            `template` or `messages_field`, which render the text).
         split: Split of an HF dataset (`load_dataset` or a saved `DatasetDict`); ignored otherwise.
         kind: `document` (pre-training text: may be split across rows) or `sample` (a chat, a pair:
             never split; a sample longer than the row is handled by `overlong_policy`).
@@ -59,16 +79,40 @@ class SourceSpec:
         overlong_policy: For `kind: sample`: `truncate` keeps the first `max_length` tokens, `skip`
             drops the sample. Either way the count is logged.
         loss_weighting: How the loss of an optimizer step averages over its targets. `token`: every
-            target token weighs 1 (the token mean; with `prompt_field`, the completion-token mean).
+            target token weighs 1 (the token mean; with a masked prompt or chat, the mean over
+            the completion or assistant tokens).
             `sample`: each sample/document segment of a row weighs 1 in all, its targets
-            `1 / n_targets` each (the per-sample mean; with `prompt_field`, over the completion's
-            targets). All train sources must use the same one.
+            `1 / n_targets` each (the per-sample mean; with a masked prompt or chat, over its
+            completion or assistant targets). All train sources must use the same one.
         prompt_field: For `kind: sample` (SFT with masked prompts): the field (JSONL, HF) or column
             (Parquet) holding each record's prompt, a prefix of its `text_field` (the whole sample).
             Tokens lying entirely inside the prompt (end offset <= prompt length) get no loss
             (`labels = -100`): the loss is on the completion and its end token only. A record whose
             prompt is not a prefix of its text is an error. Needs a fast tokenizer. Default: none
             (every token is a target).
+        template: A Python `str.format` template over the record's fields (JSONL, Parquet, HF),
+            rendered as the record's text instead of `text_field` (which is then not read and must
+            stay at its default), e.g. `"{instruction}\n{response}"` or `"{instruction}\n{chosen}"`
+            (Mix-CPT's format-free text: an instruction sample or a preference pair's prompt and
+            chosen answer as plain text). Only plain `{field}` placeholders; `{{` and `}}` are
+            literal braces. Every named field must be a string. Default: none.
+        template_prompt: With `template` and `kind: sample`: a template over the same fields
+            rendering the prompt part, which must be a prefix of the rendered text; its tokens get
+            no loss, with the same rule as `prompt_field` (e.g. `"{instruction}\n"`). Default: none.
+        messages_field: For `kind: sample`: the field (JSONL, HF) or column (Parquet) holding a
+            multi-turn chat, a list of `{"role": ..., "content": ...}` turns (roles `system`,
+            `user`, `assistant`, `tool`). It is rendered with `chat_template` into the text (so
+            `text_field` is not read and must stay at its default); only the assistant turns get
+            loss: their content and the template's end-of-turn text after it (e.g. `<|im_end|>`,
+            EOS), not the role headers; the appended EOS has loss iff the chat ends with an
+            assistant turn. A chat without an assistant turn is kept, without targets, and
+            counted. Needs a fast tokenizer (except with `plain`). Default: none.
+        chat_template: How `messages_field` chats become text: `tokenizer` (the tokenizer's own
+            chat template, as `apply_chat_template(..., tokenize=False)` renders it), an inline
+            Jinja template (a value containing `{{` or `{%`), a path to a `.jinja` file, or
+            `plain` (format-free: the turn contents joined by newlines, no role markers, loss on
+            every token). Text the template writes (a BOS too) is tokenized as is: no other special
+            tokens are added.
     """
 
     path: str
@@ -81,6 +125,10 @@ class SourceSpec:
     overlong_policy: Literal["truncate", "skip"] = "truncate"
     loss_weighting: Literal["token", "sample"] = "token"
     prompt_field: str | None = None
+    template: str | None = None
+    template_prompt: str | None = None
+    messages_field: str | None = None
+    chat_template: str = TOKENIZER
 
     @property
     def display_name(self) -> str:
@@ -89,6 +137,21 @@ class SourceSpec:
             return self.name
         stem = Path(str(self.path).rstrip("/")).name
         return stem or str(self.path)
+
+    @property
+    def has_loss_mask(self) -> bool:
+        """Whether some tokens of a sample get no loss (the store then writes a loss mask)."""
+        return (
+            self.prompt_field is not None
+            or self.template_prompt is not None
+            or (self.messages_field is not None and self.chat_template != PLAIN)
+        )
+
+    def config_key(self, attr: str) -> str:
+        """The config key of field `attr`, for errors raised after `validate` (which records the
+        spec's key); `source <name>.<attr>` for a spec never validated."""
+        key = getattr(self, "_config_key", None) or f"source {self.display_name}"
+        return f"{key}.{attr}"
 
     def validate(self, key: str) -> None:
         """Check the enumerated fields; `key` is the config key of this spec (for the message)."""
@@ -125,6 +188,73 @@ class SourceSpec:
                     f"{key}.prompt_field",
                     "text files have no fields; use jsonl, parquet or hf records",
                 )
+        self._validate_rendering(key)
+        self._config_key = key
+
+    def _validate_rendering(self, key: str) -> None:
+        """Check `template`, `template_prompt`, `messages_field` and `chat_template`."""
+        rendered = {
+            "template": self.template,
+            "template_prompt": self.template_prompt,
+            "messages_field": self.messages_field,
+        }
+        for attr, value in rendered.items():
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{key}.{attr}", "must be a non-empty string or null")
+            if value is not None and self.format == "text":
+                raise ConfigError(
+                    f"{key}.{attr}", "text files have no fields; use jsonl, parquet or hf records"
+                )
+        for attr in ("template", "template_prompt"):
+            value = getattr(self, attr)
+            if value is not None:
+                try:
+                    names = template_fields(value)
+                except ValueError as err:
+                    raise ConfigError(f"{key}.{attr}", f"{err}: {value!r}") from None
+                if not names:
+                    raise ConfigError(f"{key}.{attr}", f"names no field: {value!r}")
+        replaces_text = "template" if self.template is not None else None
+        if self.messages_field is not None:
+            replaces_text = "messages_field"
+            for other in ("template", "template_prompt", "prompt_field"):
+                if getattr(self, other) is not None:
+                    raise ConfigError(
+                        f"{key}.{other}",
+                        "cannot be combined with messages_field (a chat is rendered by "
+                        "chat_template, its loss goes to the assistant turns)",
+                    )
+            if self.kind != "sample":
+                raise ConfigError(
+                    f"{key}.messages_field",
+                    f"a chat is a sample: it needs `kind: sample` (never split), got kind "
+                    f"{self.kind!r}",
+                )
+            check_chat_template(self.chat_template, f"{key}.chat_template")
+        elif self.chat_template != TOKENIZER:
+            raise ConfigError(f"{key}.chat_template", "only applies with messages_field")
+        if replaces_text is not None and self.text_field != "text":
+            raise ConfigError(
+                f"{key}.text_field",
+                f"is not read when {replaces_text} is set (it renders the text); remove it",
+            )
+        if self.template is not None and self.prompt_field is not None:
+            raise ConfigError(
+                f"{key}.prompt_field",
+                "cannot be combined with template; mask the prompt with template_prompt",
+            )
+        if self.template_prompt is not None:
+            if self.template is None:
+                raise ConfigError(
+                    f"{key}.template_prompt",
+                    "needs template (it renders the prompt part of the template's text)",
+                )
+            if self.kind != "sample":
+                raise ConfigError(
+                    f"{key}.template_prompt",
+                    f"masked prompts need `kind: sample` (a sample is never split), got kind "
+                    f"{self.kind!r}",
+                )
 
 
 def as_source_spec(value: SourceSpec | dict[str, Any], key: str) -> SourceSpec:
@@ -147,6 +277,53 @@ class ReadStats:
     documents: int = 0
     skipped_empty: int = 0
     files: list[str] = field(default_factory=list)
+    assistant_turns: int = 0
+    """Assistant turns of the kept chats (`messages_field`)."""
+    chats_without_assistant: int = 0
+    """Kept chats without an assistant turn: no target token under assistant-only loss."""
+
+
+class Sample(NamedTuple):
+    """One rendered record.
+
+    Attributes:
+        text: The document or sample text.
+        loss_spans: Sorted `[start, end)` character spans of `text` whose tokens get loss, or None
+            when every token does.
+    """
+
+    text: str
+    loss_spans: tuple[tuple[int, int], ...] | None
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """The field names a `str.format` template uses, in order of first use; `ValueError` for an
+    invalid template or one with positional, attribute, index, conversion or format-spec fields."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(
+            f"not a valid format string ({err}; write literal braces as '{{{{' and '}}}}')"
+        ) from None
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name == "" or name.isdigit():
+            raise ValueError("positional placeholders ('{}', '{0}') name no field; write '{field}'")
+        if conversion or spec:
+            raise ValueError(
+                f"placeholder {{{name}...}}: only plain '{{field}}' placeholders are supported "
+                "(no '!conversion' or ':format')"
+            )
+        if "." in name or "[" in name:
+            raise ValueError(
+                f"placeholder {{{name}}}: attribute and index access are not supported; name a "
+                "top-level field"
+            )
+        if name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _has_glob(path: str) -> bool:
@@ -243,23 +420,55 @@ def source_fingerprint(spec: SourceSpec) -> dict[str, Any]:
     return info
 
 
-def read_documents(spec: SourceSpec, stats: ReadStats) -> Iterator[str]:
-    """Yield the non-empty texts of `spec` in order; count skipped empty ones in `stats`."""
-    for text, _prompt in read_records(spec, stats):
+def read_documents(
+    spec: SourceSpec, stats: ReadStats, tokenizer: Any | None = None
+) -> Iterator[str]:
+    """Yield the non-empty texts of `spec` in order; count skipped empty ones in `stats`
+    (`tokenizer`: for a chat source rendered with the tokenizer's template)."""
+    for text, _spans in read_samples(spec, stats, tokenizer):
         yield text
 
 
-def read_records(spec: SourceSpec, stats: ReadStats) -> Iterator[tuple[str, str | None]]:
+def read_records(
+    spec: SourceSpec, stats: ReadStats, tokenizer: Any | None = None
+) -> Iterator[tuple[str, str | None]]:
     """Yield `(text, prompt)` for the non-empty texts of `spec` in order (`prompt` is None without
-    `spec.prompt_field`, else a validated prefix of `text`); count skipped empty ones in `stats`."""
+    `spec.prompt_field` / `spec.template_prompt`, else a validated prefix of `text`); count skipped
+    empty ones in `stats`. A masked chat source has one loss span per assistant turn, not a
+    prompt: read it with `read_samples`."""
+    if spec.messages_field is not None and spec.has_loss_mask:
+        raise ValueError(
+            f"source {spec.display_name} is a chat with assistant-only loss; use read_samples"
+        )
+    for text, spans in read_samples(spec, stats, tokenizer):
+        yield text, (None if spans is None else text[: spans[0][0]])
+
+
+def read_samples(
+    spec: SourceSpec, stats: ReadStats, tokenizer: Any | None = None
+) -> Iterator[Sample]:
+    """Yield a `Sample` (text and loss spans) for every non-empty rendered record of `spec` in
+    order; count skipped empty ones (and chat statistics) in `stats`.
+
+    `tokenizer` is needed only by a `messages_field` source whose `chat_template` is `tokenizer`
+    (its template) or a Jinja template (the special-token variables); a missing template is a
+    `ConfigError` naming the source's `chat_template` key.
+    """
     fmt = detect_format(spec)
     readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_text, "hf": _read_hf}
-    fields = _fields(spec)
-    for values in readers[fmt](spec, stats, fields):
-        text = values[0]
-        if text.strip():
+    render = _record_renderer(spec, stats, tokenizer)
+    fields = render.fields if render is not None else _fields(spec)
+    for where, values in readers[fmt](spec, stats, fields, render is not None):
+        if render is not None:
+            sample = render(where, dict(zip(fields, values)))
+        else:  # text_field (and prompt_field): validated strings
+            text = values[0]
+            sample = Sample(text, ((len(values[1]), len(text)),) if len(values) > 1 else None)
+        if sample.text.strip():
             stats.documents += 1
-            yield text, (values[1] if len(values) > 1 else None)
+            if render is not None:
+                render.count(sample)
+            yield sample
         else:
             stats.skipped_empty += 1
     if stats.skipped_empty:
@@ -274,6 +483,146 @@ def read_records(spec: SourceSpec, stats: ReadStats) -> Iterator[tuple[str, str 
             spec.path,
             f"no non-empty documents ({stats.skipped_empty} empty or whitespace-only skipped)",
         )
+    if spec.messages_field is not None:
+        log.info(
+            "source %s: %d chats, %d assistant turns%s",
+            spec.display_name,
+            stats.documents,
+            stats.assistant_turns,
+            "" if spec.has_loss_mask else " (plain: loss on every token)",
+        )
+        if stats.chats_without_assistant:
+            log.warning(
+                "source %s: %d of %d chats have no assistant turn (kept, without target tokens)",
+                spec.display_name,
+                stats.chats_without_assistant,
+                stats.documents,
+            )
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a record is, for its `DataError`: the file (or dataset), and the line or record."""
+
+    source: str
+    line: int | None = None
+    record: str = ""
+
+    def error(self, message: str) -> DataError:
+        return DataError(self.source, f"{self.record}{message}", self.line)
+
+
+_MISSING: Any = object()
+"""The value of a field a record does not have (raw reading)."""
+
+
+def _kind_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+class _RecordRenderer:
+    """Renders one raw record (its requested fields, `_MISSING` where absent) to a `Sample`."""
+
+    fields: tuple[str, ...]
+
+    def __call__(self, where: _Where, record: dict[str, Any]) -> Sample:
+        raise NotImplementedError
+
+    def count(self, sample: Sample) -> None:
+        """Update the read statistics for a kept sample."""
+
+
+class _TemplateRenderer(_RecordRenderer):
+    """`template` (and `template_prompt`) over the record's string fields."""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        assert spec.template is not None
+        self.template = spec.template
+        self.prompt = spec.template_prompt
+        self.names = template_fields(spec.template)
+        self.prompt_names = template_fields(spec.template_prompt) if spec.template_prompt else ()
+        self.fields = tuple(dict.fromkeys((*self.names, *self.prompt_names)))
+
+    @staticmethod
+    def _format(
+        where: _Where, record: dict[str, Any], template: str, names: tuple[str, ...], setting: str
+    ) -> str:
+        values: dict[str, str] = {}
+        for name in names:
+            value = record.get(name, _MISSING)
+            if value is _MISSING:
+                raise where.error(f"field {name!r} missing ({setting} {template!r})")
+            if not isinstance(value, str):
+                raise where.error(
+                    f"field {name!r} must be a string, got {_kind_name(value)} "
+                    f"({setting} {template!r})"
+                )
+            values[name] = value
+        return template.format_map(values)
+
+    def __call__(self, where: _Where, record: dict[str, Any]) -> Sample:
+        text = self._format(where, record, self.template, self.names, "template")
+        if self.prompt is None:
+            return Sample(text, None)
+        prompt = self._format(where, record, self.prompt, self.prompt_names, "template_prompt")
+        what = _prefix_mismatch(text, prompt)
+        if what is not None:
+            raise where.error(
+                f"the rendered template_prompt is not a prefix of the rendered template: {what}; "
+                f"template_prompt {self.prompt!r} must render the start of template "
+                f"{self.template!r}"
+            )
+        return Sample(text, ((len(prompt), len(text)),))
+
+
+class _ChatRecordRenderer(_RecordRenderer):
+    """`messages_field` rendered with `chat_template`: loss spans on the assistant turns."""
+
+    def __init__(self, spec: SourceSpec, stats: ReadStats, tokenizer: Any | None) -> None:
+        assert spec.messages_field is not None
+        self.field = spec.messages_field
+        self.fields = (spec.messages_field,)
+        self.stats = stats
+        self.renderer = chat_renderer(spec, tokenizer)
+        self._assistant_turns = 0
+
+    def __call__(self, where: _Where, record: dict[str, Any]) -> Sample:
+        value = record.get(self.field, _MISSING)
+        if value is _MISSING:
+            raise where.error(f"field {self.field!r} missing; set `messages_field`")
+        try:
+            rendered = self.renderer(check_messages(value))
+        except ChatError as err:
+            raise where.error(f"field {self.field!r}: {err}") from None
+        self._assistant_turns = rendered.assistant_turns
+        return Sample(rendered.text, rendered.loss_spans)
+
+    def count(self, sample: Sample) -> None:
+        self.stats.assistant_turns += self._assistant_turns
+        if sample.loss_spans is not None and not sample.loss_spans:
+            self.stats.chats_without_assistant += 1
+
+
+def chat_renderer(spec: SourceSpec, tokenizer: Any | None) -> ChatRenderer:
+    """The `ChatRenderer` of a `messages_field` source (`ConfigError` naming its `chat_template`
+    key when `tokenizer` has no chat template and the spec asks for it)."""
+    return ChatRenderer.from_setting(
+        spec.chat_template,
+        tokenizer,
+        key=spec.config_key("chat_template"),
+        source=spec.display_name,
+    )
+
+
+def _record_renderer(
+    spec: SourceSpec, stats: ReadStats, tokenizer: Any | None
+) -> _RecordRenderer | None:
+    """The renderer of a `template` or `messages_field` source; None for `text_field` reading."""
+    if spec.messages_field is not None:
+        return _ChatRecordRenderer(spec, stats, tokenizer)
+    if spec.template is not None:
+        return _TemplateRenderer(spec)
+    return None
 
 
 def _fields(spec: SourceSpec) -> tuple[str, ...]:
@@ -281,6 +630,21 @@ def _fields(spec: SourceSpec) -> tuple[str, ...]:
     if spec.prompt_field is None:
         return (spec.text_field,)
     return (spec.text_field, spec.prompt_field)
+
+
+def _prefix_mismatch(text: str, prompt: str) -> str | None:
+    """None if `prompt` is a prefix of `text`, else how they differ."""
+    if text.startswith(prompt):
+        return None
+    at = next(
+        (i for i, (a, b) in enumerate(zip(text, prompt)) if a != b), min(len(text), len(prompt))
+    )
+    if at == len(text):
+        return f"the prompt is longer than the text ({len(prompt)} > {len(text)} characters)"
+    return (
+        f"they differ at character {at} (prompt {prompt[at : at + 20]!r}, "
+        f"text {text[at : at + 20]!r})"
+    )
 
 
 def _check_prompt(
@@ -293,18 +657,9 @@ def _check_prompt(
     """A `DataError` unless the prompt (`values[1]`, if any) is a prefix of the text."""
     if len(values) < 2:
         return
-    text, prompt = values[0], values[1]
-    if text.startswith(prompt):
+    what = _prefix_mismatch(values[0], values[1])
+    if what is None:
         return
-    at = next(
-        (i for i, (a, b) in enumerate(zip(text, prompt)) if a != b), min(len(text), len(prompt))
-    )
-    what = (
-        f"the prompt is longer than the text ({len(prompt)} > {len(text)} characters)"
-        if at == len(text)
-        else f"they differ at character {at} (prompt {prompt[at : at + 20]!r}, "
-        f"text {text[at : at + 20]!r})"
-    )
     raise DataError(
         source,
         f"{record}field {fields[1]!r} is not a prefix of field {fields[0]!r}: {what}; "
@@ -328,45 +683,44 @@ def _field_text(
         )
     value = record[field_name]
     if not isinstance(value, str):
-        kind = "null" if value is None else type(value).__name__
-        raise DataError(source, f"field {field_name!r} must be a string, got {kind}", line)
+        raise DataError(
+            source, f"field {field_name!r} must be a string, got {_kind_name(value)}", line
+        )
     return value
 
 
-def _utf8_error(source: str, data: bytes, err: UnicodeDecodeError, line: int | None) -> DataError:
-    bad = data[err.start : err.start + 1].hex()
-    return DataError(
-        source,
-        f"not valid UTF-8 (byte 0x{bad} at byte {err.start}"
-        f"{' of the line' if line is not None else ''}); re-encode the file as UTF-8",
-        line,
-    )
-
-
 def _read_jsonl(
-    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...]
-) -> Iterator[tuple[str, ...]]:
+    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...], raw: bool = False
+) -> Iterator[tuple[_Where, tuple[Any, ...]]]:
+    """`(where, values)` per record: validated strings, or with `raw` whatever the fields hold
+    (`_MISSING` where absent)."""
     settings = ("text_field", "prompt_field")
     for path in resolve_files(spec, "jsonl"):
         source = str(path)
         stats.files.append(source)
         for line_no, record in read_jsonl(path):
+            where = _Where(source, line_no)
+            if raw:
+                if not isinstance(record, dict):
+                    raise where.error(f"record must be a JSON object, got {_kind_name(record)}")
+                yield where, tuple(record.get(name, _MISSING) for name in fields)
+                continue
             values = tuple(
                 _field_text(record, name, source, line_no, "record", setting)
                 for name, setting in zip(fields, settings)
             )
             _check_prompt(values, fields, source, line_no)
-            yield values
+            yield where, values
 
 
 def _read_text(
-    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...]
-) -> Iterator[tuple[str, ...]]:
-    if len(fields) > 1:
+    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...], raw: bool = False
+) -> Iterator[tuple[_Where, tuple[Any, ...]]]:
+    if len(fields) > 1 or raw:
         raise DataError(
             spec.path,
-            "text files have no fields, so `prompt_field` cannot be read; use jsonl, parquet or "
-            "hf records",
+            "text files have no fields, so `prompt_field`, `template` or `messages_field` cannot "
+            "be read; use jsonl, parquet or hf records",
         )
     for path in resolve_files(spec, "text"):
         source = str(path)
@@ -384,12 +738,12 @@ def _read_text(
                 "re-encode the file as UTF-8",
                 line_no,
             ) from None
-        yield (text,)
+        yield _Where(source), (text,)
 
 
 def _read_parquet(
-    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...]
-) -> Iterator[tuple[str, ...]]:
+    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...], raw: bool = False
+) -> Iterator[tuple[_Where, tuple[Any, ...]]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -402,27 +756,34 @@ def _read_parquet(
         except (pa.ArrowException, OSError) as err:
             raise DataError(source, f"not a readable Parquet file: {err}") from None
         schema = pf.schema_arrow
-        for name, setting in zip(fields, settings):
-            if name not in schema.names:
-                raise DataError(
-                    source, f"no column {name!r} (columns: {schema.names}); set `{setting}`"
-                )
-            col_type = schema.field(name).type
-            if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
-                raise DataError(source, f"column {name!r} must be string, got {col_type}")
+        if not raw:
+            for name, setting in zip(fields, settings):
+                if name not in schema.names:
+                    raise DataError(
+                        source, f"no column {name!r} (columns: {schema.names}); set `{setting}`"
+                    )
+                col_type = schema.field(name).type
+                if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
+                    raise DataError(source, f"column {name!r} must be string, got {col_type}")
         if pf.metadata.num_rows == 0:
             raise DataError(source, "empty file: expected at least one row")
+        present = [name for name in fields if name in schema.names]
+        if not present:  # raw reading: the first record lacks every field (the renderer says)
+            yield _Where(source, None, "record 0 (0-based row): "), tuple(_MISSING for _ in fields)
+            continue
         index = 0
-        for batch in pf.iter_batches(batch_size=_BATCH, columns=list(fields)):
-            columns = [batch.column(i).to_pylist() for i in range(len(fields))]
-            for values in zip(*columns):
-                if None in values:
-                    name = fields[values.index(None)]
-                    raise DataError(source, f"record {index} (0-based row): {name!r} is null")
-                if len(values) > 1:
-                    _check_prompt(values, fields, source, None, f"record {index} (0-based row): ")
+        for batch in pf.iter_batches(batch_size=_BATCH, columns=present):
+            columns = {name: batch.column(i).to_pylist() for i, name in enumerate(present)}
+            for i in range(batch.num_rows):
+                where = _Where(source, None, f"record {index} (0-based row): ")
+                values = tuple(columns[n][i] if n in columns else _MISSING for n in fields)
                 index += 1
-                yield values
+                if not raw:
+                    if None in values:
+                        raise where.error(f"{fields[values.index(None)]!r} is null")
+                    if len(values) > 1:
+                        _check_prompt(values, fields, source, None, where.record)
+                yield where, values
 
 
 def _load_hf(spec: SourceSpec) -> Any:
@@ -450,32 +811,40 @@ def _load_hf(spec: SourceSpec) -> Any:
 
 
 def _read_hf(
-    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...]
-) -> Iterator[tuple[str, ...]]:
+    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...], raw: bool = False
+) -> Iterator[tuple[_Where, tuple[Any, ...]]]:
     ds = _load_hf(spec)
     source = f"{spec.path}[{spec.split}]"
     stats.files.append(str(spec.path))
-    for name, setting in zip(fields, ("text_field", "prompt_field")):
-        if name not in ds.column_names:
-            raise DataError(
-                source, f"no column {name!r} (columns: {ds.column_names}); set `{setting}`"
-            )
-        feature = ds.features[name]
-        dtype = getattr(feature, "dtype", None)
-        if dtype not in ("string", "large_string"):
-            raise DataError(source, f"column {name!r} must be string, got {feature}")
+    if not raw:
+        for name, setting in zip(fields, ("text_field", "prompt_field")):
+            if name not in ds.column_names:
+                raise DataError(
+                    source, f"no column {name!r} (columns: {ds.column_names}); set `{setting}`"
+                )
+            feature = ds.features[name]
+            dtype = getattr(feature, "dtype", None)
+            if dtype not in ("string", "large_string"):
+                raise DataError(source, f"column {name!r} must be string, got {feature}")
     if len(ds) == 0:
         raise DataError(source, "empty dataset: expected at least one record")
+    present = [name for name in fields if name in ds.column_names]
+    if not present:  # raw reading: the first record lacks every field (the renderer says which)
+        yield _Where(source, None, "record 0: "), tuple(_MISSING for _ in fields)
+        return
     index = 0
-    for batch in ds.select_columns(list(fields)).iter(batch_size=_BATCH):
-        for values in zip(*(batch[name] for name in fields)):
-            if None in values:
-                name = fields[values.index(None)]
-                raise DataError(source, f"record {index}: {name!r} is null")
-            if len(values) > 1:
-                _check_prompt(values, fields, source, None, f"record {index}: ")
+    for batch in ds.select_columns(present).iter(batch_size=_BATCH):
+        for row in zip(*(batch[name] for name in present)):
+            where = _Where(source, None, f"record {index}: ")
+            by_name = dict(zip(present, row))
+            values = tuple(by_name.get(name, _MISSING) for name in fields)
             index += 1
-            yield values
+            if not raw:
+                if None in values:
+                    raise where.error(f"{fields[values.index(None)]!r} is null")
+                if len(values) > 1:
+                    _check_prompt(values, fields, source, None, where.record)
+            yield where, values
 
 
 __all__ = [
@@ -483,11 +852,15 @@ __all__ = [
     "KINDS",
     "OVERLONG_POLICIES",
     "ReadStats",
+    "Sample",
     "SourceSpec",
     "as_source_spec",
+    "chat_renderer",
     "detect_format",
     "read_documents",
     "read_records",
+    "read_samples",
     "resolve_files",
     "source_fingerprint",
+    "template_fields",
 ]

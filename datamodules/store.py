@@ -2,20 +2,34 @@
 
 Layout of `cache_dir/<fingerprint>/`:
 
-- `tokens.bin`: all token ids (`uint32`), every document followed by the tokenizer's EOS;
+- `tokens.bin`: all token ids (`uint32`), every document followed by the tokenizer's EOS (not
+  appended when the text already ends with it, as a rendered chat may);
 - `offsets.npy`: `int64[documents + 1]`, document `i` is `tokens[offsets[i]:offsets[i + 1]]`;
-- `loss_mask.bin` (only for a source with `prompt_field`): one `uint8` per token of `tokens.bin`,
-  0 for a prompt token (its end offset in the text is at most the prompt's length: no loss), 1 for
-  a completion token (the appended EOS included);
+- `loss_mask.bin` (only for a source where some tokens get no loss: `prompt_field`,
+  `template_prompt`, or `messages_field` with a Jinja chat template): one `uint8` per token of
+  `tokens.bin`, 1 for a target token, 0 for a token without loss (see `loss_span_mask`);
 - `manifest.json`: fingerprint, settings and counts, written last.
+
+Texts are rendered by the reader (`sources.read_samples`: `text_field`, `template` or a chat) and
+tokenized with `add_special_tokens=False`: the store adds no BOS, so a chat template that writes
+its BOS as text gets exactly one; the only token the store adds is the EOS above.
+
+Loss mask (`loss_span_mask`): the reader gives each sample the character spans that get loss (the
+completion after a prompt; the assistant turns of a chat). A token has loss iff its character
+range `[start, end)` overlaps a span `[a, b)`: `end > a and start < b` (a zero-width token at `p`:
+iff `a < p <= b`). With the single span `[len(prompt), len(text))` of a prompt source this is the
+prompt rule: a token lying entirely inside the prompt (`end <= len(prompt)`) gets no loss, one
+straddling the boundary does. The appended EOS has loss iff the text ends inside a span (always
+for a prompt source; for a chat iff its last turn is an assistant turn).
 
 The fingerprint hashes the source content (see `sources.source_fingerprint`), the tokenizer (its
 serialized `tokenizer.json`, or its vocabulary for tokenizers without one), the EOS id and the store
-settings (the prompt field only when there is one, so stores without a mask keep their key). A
-store is written with `common.atomic.atomic_directory`: staged beside its final directory, fsynced
-and renamed into place only when complete (orphans of killed builders are removed at the next
-build), and verified against its manifest (the loss mask's size too) when loaded, so a crash during
-a build never leaves a store that a later run would load.
+settings. Each rendering setting (`prompt_field`, `template`, `template_prompt`, `messages_field`
+with the chat template's text and variables) enters the fingerprint only when it is set, so stores
+of sources without them keep their key. A store is written with `common.atomic.atomic_directory`:
+staged beside its final directory, fsynced and renamed into place only when complete (orphans of
+killed builders are removed at the next build), and verified against its manifest (the loss mask's
+size too) when loaded, so a crash during a build never leaves a store that a later run would load.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +48,13 @@ import numpy as np
 
 from common.atomic import atomic_directory
 from common.errors import ConfigError
-from datamodules.sources import ReadStats, SourceSpec, detect_format, read_records
+from datamodules.sources import (
+    ReadStats,
+    SourceSpec,
+    chat_renderer,
+    detect_format,
+    read_samples,
+)
 from datamodules.sources import source_fingerprint as _source_fingerprint
 
 log = logging.getLogger(__name__)
@@ -47,6 +67,12 @@ OFFSETS = "offsets.npy"
 LOSS_MASK = "loss_mask.bin"
 MASK_DTYPE = np.dtype(np.uint8)
 _MASK_RULE = "prompt-token-iff-end-offset<=len(prompt); eos-is-completion"
+# The rule of `loss_span_mask` (template prompts, chats); for one span to the text's end it is
+# `_MASK_RULE`, which `prompt_field` stores keep in their fingerprint.
+_SPAN_RULE = (
+    "loss-iff-token-overlaps-a-loss-span(end>a,start<b;zero-width:a<p<=b); "
+    "appended-eos-loss-iff-text-ends-in-a-span"
+)
 _TOKENIZE_BATCH = 1000
 
 
@@ -88,11 +114,30 @@ def store_fingerprint(spec: SourceSpec, tokenizer: Any) -> str:
         "split": spec.split,
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
-    if spec.prompt_field is not None:  # absent otherwise: existing stores keep their fingerprint
+    # Each key below is absent unless its setting is set: existing stores keep their fingerprint.
+    if spec.prompt_field is not None:
         payload["prompt_field"] = spec.prompt_field
         payload["loss_mask"] = _MASK_RULE
+    payload.update(_rendering_settings(spec, tokenizer))
     blob = json.dumps(payload, sort_keys=True).encode()
     return hashlib.blake2b(blob, digest_size=12).hexdigest()
+
+
+def _rendering_settings(spec: SourceSpec, tokenizer: Any) -> dict[str, Any]:
+    """The fingerprint entries of `template`, `template_prompt` and `messages_field` (only those
+    set; a chat's entry holds the template's text and variables, so editing the tokenizer's
+    template or the .jinja file makes a new store)."""
+    settings: dict[str, Any] = {}
+    if spec.template is not None:
+        settings["template"] = spec.template
+    if spec.template_prompt is not None:
+        settings["template_prompt"] = spec.template_prompt
+    if spec.messages_field is not None:
+        settings["messages_field"] = spec.messages_field
+        settings["chat"] = chat_renderer(spec, tokenizer).identity()
+    if spec.template_prompt is not None or (spec.messages_field is not None and spec.has_loss_mask):
+        settings["loss_mask"] = _SPAN_RULE
+    return settings
 
 
 def _tokenize_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -122,14 +167,31 @@ def _tokenize_with_offsets(
     return encoded["input_ids"], encoded["offset_mapping"]
 
 
-def completion_mask(offsets: list[tuple[int, int]], prompt_length: int) -> np.ndarray:
+def loss_span_mask(
+    offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]] | None
+) -> np.ndarray:
+    """`uint8` per token: 1 iff the token's character range `[start, end)` overlaps a loss span
+    `[a, b)` (`end > a and start < b`; a zero-width token at `p` iff `a < p <= b`), else 0.
+    `spans` None: every token has loss."""
+    n = len(offsets)
+    if spans is None:
+        return np.ones(n, dtype=MASK_DTYPE)
+    if not n:
+        return np.zeros(0, dtype=MASK_DTYPE)
+    bounds = np.asarray(offsets, dtype=np.int64).reshape(n, 2)
+    starts, ends = bounds[:, 0], bounds[:, 1]
+    zero_width = starts == ends
+    mask = np.zeros(n, dtype=bool)
+    for a, b in spans:
+        mask |= (ends > a) & ((starts < b) | (zero_width & (ends <= b)))
+    return mask.astype(MASK_DTYPE)
+
+
+def completion_mask(offsets: Sequence[tuple[int, int]], prompt_length: int) -> np.ndarray:
     """`uint8` per token: 0 where the token lies entirely inside the prompt (its end offset is at
     most `prompt_length` characters), else 1 (a token straddling the boundary is a completion
-    token)."""
-    if not offsets:
-        return np.zeros(0, dtype=MASK_DTYPE)
-    ends = np.fromiter((end for _start, end in offsets), dtype=np.int64, count=len(offsets))
-    return (ends > prompt_length).astype(MASK_DTYPE)
+    token). `loss_span_mask` with the one span from the prompt's end on."""
+    return loss_span_mask(offsets, [(prompt_length, np.iinfo(np.int64).max)])
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -146,8 +208,9 @@ class TokenizedStore:
         manifest: The parsed manifest.
         tokens: `uint32` memmap of all token ids.
         offsets: `int64[documents + 1]` document boundaries into `tokens`.
-        loss_mask: `uint8` memmap aligned with `tokens` (1: completion token, a target; 0: prompt
-            token, no loss) for a source with `prompt_field`, else None.
+        loss_mask: `uint8` memmap aligned with `tokens` (1: a target token, e.g. a completion or
+            assistant token; 0: no loss, e.g. a prompt token or a chat's user turn) for a source
+            with `prompt_field`, `template_prompt` or a masked chat (`messages_field`), else None.
     """
 
     def __init__(self, directory: str | Path) -> None:
@@ -242,7 +305,7 @@ class TokenizedStore:
         return np.asarray(self.tokens[self.offsets[index] : self.offsets[index + 1]])
 
     def document_mask(self, index: int) -> np.ndarray | None:
-        """The loss mask of document `index` (1: completion token), or None without a mask."""
+        """The loss mask of document `index` (1: target token), or None without a mask."""
         if self.loss_mask is None:
             return None
         return np.asarray(self.loss_mask[self.offsets[index] : self.offsets[index + 1]])
@@ -297,11 +360,16 @@ class TokenizedStore:
     @classmethod
     def _write(cls, spec: SourceSpec, tokenizer: Any, tmp: Path, fingerprint: str) -> None:
         eos = int(tokenizer.eos_token_id)
-        masked = spec.prompt_field is not None
+        masked = spec.has_loss_mask
         if masked and not getattr(tokenizer, "is_fast", False):
+            setting = next(
+                name
+                for name in ("prompt_field", "template_prompt", "messages_field")
+                if getattr(spec, name) is not None
+            )
             raise ConfigError(
                 "data.init_args.tokenizer",
-                f"source {spec.display_name} sets prompt_field, which needs a fast tokenizer "
+                f"source {spec.display_name} sets {setting}, which needs a fast tokenizer "
                 "(character offsets); this one is not",
             )
         stats = ReadStats()
@@ -310,8 +378,8 @@ class TokenizedStore:
         with contextlib.ExitStack() as files:
             fh = files.enter_context(open(tmp / TOKENS, "wb"))
             mask_fh = files.enter_context(open(tmp / LOSS_MASK, "wb")) if masked else None
-            for records in _batched(read_records(spec, stats), _TOKENIZE_BATCH):
-                texts = [text for text, _prompt in records]
+            for samples in _batched(read_samples(spec, stats, tokenizer), _TOKENIZE_BATCH):
+                texts = [sample.text for sample in samples]
                 if masked:
                     encoded, offsets = _tokenize_with_offsets(tokenizer, texts)
                 else:
@@ -324,10 +392,14 @@ class TokenizedStore:
                 fh.write(flat.astype(TOKEN_DTYPE).tobytes())
                 if mask_fh is not None:
                     masks = []
-                    for (_text, prompt), x, y, off in zip(records, ids, encoded, offsets):
-                        mask = completion_mask(off, len(prompt or ""))
-                        if len(x) > len(y):  # the appended EOS is a completion token
-                            mask = np.append(mask, np.uint8(1))
+                    for sample, x, y, off in zip(samples, ids, encoded, offsets):
+                        mask = loss_span_mask(off, sample.loss_spans)
+                        if len(x) > len(y):  # the appended EOS: loss iff the text ends in a span
+                            spans = sample.loss_spans
+                            ends_in_span = spans is None or (
+                                bool(spans) and spans[-1][1] >= len(sample.text)
+                            )
+                            mask = np.append(mask, np.uint8(ends_in_span))
                         masks.append(mask)
                     flat_mask = np.concatenate(masks).astype(MASK_DTYPE)
                     assert flat_mask.size == flat.size
@@ -349,6 +421,15 @@ class TokenizedStore:
             "split": spec.split,
             "files": stats.files,
         }
+        for name in ("prompt_field", "template", "template_prompt", "messages_field"):
+            if getattr(spec, name) is not None:
+                source[name] = getattr(spec, name)
+        if spec.messages_field is not None:
+            source["chat_template"] = spec.chat_template
+            source["chats"] = {
+                "assistant_turns": stats.assistant_turns,
+                "without_assistant": stats.chats_without_assistant,
+            }
         manifest: dict[str, Any] = {
             "version": STORE_VERSION,
             "fingerprint": fingerprint,
@@ -359,11 +440,10 @@ class TokenizedStore:
             "counts": asdict(counts),
         }
         if masked:
-            source["prompt_field"] = spec.prompt_field
             manifest["loss_mask"] = {
                 "file": LOSS_MASK,
                 "dtype": MASK_DTYPE.name,
-                "rule": _MASK_RULE,
+                "rule": _MASK_RULE if spec.prompt_field is not None else _SPAN_RULE,
                 "completion_tokens": completion_tokens,
                 "prompt_tokens": n_tokens - completion_tokens,
             }
@@ -374,7 +454,7 @@ class TokenizedStore:
             counts.documents,
             counts.skipped_empty,
             counts.tokens,
-            f" ({completion_tokens} completion, {n_tokens - completion_tokens} prompt)"
+            f" ({completion_tokens} with loss, {n_tokens - completion_tokens} without)"
             if masked
             else "",
         )
@@ -386,6 +466,7 @@ __all__ = [
     "StoreStats",
     "TokenizedStore",
     "completion_mask",
+    "loss_span_mask",
     "store_fingerprint",
     "tokenizer_fingerprint",
 ]

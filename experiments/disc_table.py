@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,11 +42,11 @@ import yaml
 
 from common.atomic import atomic_file
 from evaluation.selection import NEW_KNOWLEDGE, Selection, candidates_of_run, select_over_runs
+from experiments.launch import fit_command, run_logged
 
 log = logging.getLogger("experiments.disc_table")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-REPO = CONFIG_DIR.parents[1]
 
 
 @dataclass(frozen=True)
@@ -252,26 +251,19 @@ def command(run: Run, overlay: Path, extra: Sequence[str]) -> list[str]:
     else:
         model = [f"--model.init_args.model_name_or_path={run.base_model}"]
     overrides = [o.format(model=run.base_model) for o in run.method.overrides]
-    return [
-        sys.executable,
-        "-m",
-        "experiments",
-        "fit",
-        "--config",
-        str(CONFIG_DIR / run.method.config),
-        "--config",
-        str(overlay),
-        f"--seed_everything={run.seed}",
-        *(o.format(seed=run.seed) for o in run.target.seed_overrides),
-        *model,
-        f"--model.init_args.optimizer.init_args.lr={run.lr}",
-        f"--trainer.default_root_dir={run.seed_dir / run.name}",
-        f"--trainer.logger.init_args.save_dir={run.seed_dir}",
-        f"--trainer.logger.init_args.name={run.name}",
-        "--trainer.logger.init_args.version=0",
-        *overrides,
-        *extra,
-    ]
+    return fit_command(
+        [CONFIG_DIR / run.method.config, overlay],
+        [
+            f"--seed_everything={run.seed}",
+            *(o.format(seed=run.seed) for o in run.target.seed_overrides),
+            *model,
+            f"--model.init_args.optimizer.init_args.lr={run.lr}",
+            *overrides,
+            *extra,
+        ],
+        run.seed_dir,
+        run.name,
+    )
 
 
 def execute(run: Run, overlay: Path, extra: Sequence[str], threads: int) -> float:
@@ -286,19 +278,12 @@ def execute(run: Run, overlay: Path, extra: Sequence[str], threads: int) -> floa
     if run.directory.exists():
         shutil.rmtree(run.directory)  # an interrupted run: start it again
     run.directory.mkdir(parents=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    started = time.perf_counter()
     log.info("running %s seed %d", run.name, run.seed)
-    with open(run.directory.parent / "train.log", "w", encoding="utf-8") as output:
-        code = subprocess.call(
-            command(run, overlay, extra), cwd=REPO, env=env, stdout=output, stderr=output
-        )
-    wall = time.perf_counter() - started
+    log_file = run.directory.parent / "train.log"
+    code, wall = run_logged(command(run, overlay, extra), log_file, threads)
     if code != 0 or not is_complete(run.results):
         raise RuntimeError(
-            f"{run.name} (seed {run.seed}) failed with exit code {code}; see "
-            f"{run.directory.parent / 'train.log'}"
+            f"{run.name} (seed {run.seed}) failed with exit code {code}; see {log_file}"
         )
     wall_file.write_text(f"{wall:.1f}\n", encoding="utf-8")
     log.info("finished %s seed %d in %.0f s", run.name, run.seed, wall)
