@@ -42,7 +42,7 @@ import yaml
 
 from common.atomic import atomic_file
 from evaluation.selection import NEW_KNOWLEDGE, Selection, candidates_of_run, select_over_runs
-from experiments.launch import fit_command, run_logged
+from experiments.launch import fit_command, is_complete, run_logged
 
 log = logging.getLogger("experiments.disc_table")
 
@@ -231,15 +231,6 @@ def evaluation_overlay(config: Path, evals: int, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}), encoding="utf-8")
     return overlay
-
-
-def is_complete(results: Path) -> bool:
-    """True when a results file ends with the run's `fit_end` evaluation."""
-    try:
-        lines = results.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return False
-    return bool(lines) and json.loads(lines[-1]).get("stage") == "fit_end"
 
 
 def command(run: Run, overlay: Path, extra: Sequence[str]) -> list[str]:

@@ -7,6 +7,7 @@ can go `--jobs` at a time and a failed run names the file to read.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +38,15 @@ def fit_command(
     ]
 
 
+def is_complete(results: Path) -> bool:
+    """True when a `knowledge_eval.jsonl` ends with its run's `fit_end` evaluation."""
+    try:
+        lines = results.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    return bool(lines) and json.loads(lines[-1]).get("stage") == "fit_end"
+
+
 def run_logged(command: Sequence[str], log_file: Path, threads: int) -> tuple[int, float]:
     """Run `command` from the repository root with `threads` torch threads, stdout and stderr to
     `log_file`; return (exit code, wall seconds)."""
@@ -49,4 +59,4 @@ def run_logged(command: Sequence[str], log_file: Path, threads: int) -> tuple[in
     return code, time.perf_counter() - started
 
 
-__all__ = ["REPO", "fit_command", "run_logged"]
+__all__ = ["REPO", "fit_command", "is_complete", "run_logged"]

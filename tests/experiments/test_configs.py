@@ -13,8 +13,11 @@ from experiments.include import load_yaml
 from tests.experiments.conftest import CONFIG_DIR, REPO
 
 FRAGMENT_DIRS = ("model", "data", "callbacks", "trainer", "world")
+NON_TRAINER_DIRS = ("format_alignment",)  # configs of commands other than `python -m experiments`
 EXPERIMENTS = sorted(
-    p for p in CONFIG_DIR.rglob("*.yaml") if p.relative_to(CONFIG_DIR).parts[0] not in FRAGMENT_DIRS
+    p
+    for p in CONFIG_DIR.rglob("*.yaml")
+    if p.relative_to(CONFIG_DIR).parts[0] not in (*FRAGMENT_DIRS, *NON_TRAINER_DIRS)
 )
 TRAINER_OVERLAYS = sorted((CONFIG_DIR / "trainer").glob("*.yaml"))
 SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
