@@ -2,6 +2,7 @@
 
 from lightning_modules.base import CausalLMModule
 from lightning_modules.disc import DiSCModule
+from lightning_modules.dpo import DPOModule
 from lightning_modules.forward import CausalLMWithLoss, TeacherInputs
 from lightning_modules.mix_cpt import MixCPTModule
 from lightning_modules.modeling import LoraSettings, ModelSource
@@ -12,6 +13,7 @@ from lightning_modules.teacher import Teacher, TeacherSettings
 __all__ = [
     "CausalLMModule",
     "CausalLMWithLoss",
+    "DPOModule",
     "DiSCModule",
     "LoraSettings",
     "MixCPTModule",

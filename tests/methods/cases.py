@@ -146,6 +146,18 @@ METHODS: list[MethodCase] = [
         data_yaml=TWO_SOURCE_DATA,
         has_teacher=True,
     ),
+    MethodCase(  # DPO (Mix-CPT stage 2): pairs made from the corpus, reference precomputed & cached
+        "dpo",
+        "model:\n  class_path: lightning_modules.DPOModule\n  init_args:\n"
+        f"    model_config: {_TINY}\n    attn_implementation: sdpa\n",
+        data_yaml=(
+            "data:\n  class_path: tests.datamodules.test_preference.CorpusPreferenceDataModule\n"
+            "  init_args:\n    tokenizer: {tokenizer}\n"
+            "    train_sources: [{{path: 'corpus-pairs:{train}'}}]\n"
+            "    max_length: 64\n    pad_to_max_length: true\n    micro_batch_size: 4\n"
+            "    seed: 3\n    cache_dir: {cache}\n"
+        ),
+    ),
 ]
 
 PRETRAINING_DATA = """\
