@@ -211,6 +211,10 @@ class FormatAlignmentConfig:
         attn_implementation: Attention kernel: `auto` (flash-attention 2 when installed on CUDA,
             else sdpa), `sdpa`, `eager` or `flash_attention_2`.
         seed: Seed of the `random` score (the SFT and preference sets draw separate streams).
+        stratify_field: A record field (e.g. `source`: general QA or a skill) whose values each
+            get their share of a count, in proportion to their candidates, filled with their
+            lowest scores; null: the globally lowest. *Assumption* (the paper's selection is not
+            public): the lowest scores alone can leave out a whole task whose answers are harder.
         world: The synthetic world of `world:<split>` paths (built and cached on first use).
         world_cache_dir: Where worlds are materialized (`<dir>/world-<fingerprint>/`).
     """
@@ -233,6 +237,7 @@ class FormatAlignmentConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     seed: int = 0
+    stratify_field: str | None = None
     world: WorldConfig = field(default_factory=WorldConfig)
     world_cache_dir: str = ".cache/adaptlm/worlds"
 
@@ -721,13 +726,45 @@ def score_candidates(
     return result
 
 
-def select_lowest(scores: Sequence[float] | np.ndarray, count: int) -> list[int]:
+def select_lowest(
+    scores: Sequence[float] | np.ndarray, count: int, groups: Sequence[str] | None = None
+) -> list[int]:
     """The indices of the `count` lowest scores, lowest first, ties broken by index; NaN (skipped)
-    is never selected. `count` above the scored candidates is a `ValueError`."""
+    is never selected. `count` above the scored candidates is a `ValueError`.
+
+    With `groups` (one label per candidate), each group gets its share of `count` in proportion
+    to its scored candidates (largest remainders, ties to the earlier-seen group), filled with its
+    lowest scores; a group too small for its share gives the rest to the others in the same way.
+    """
     eligible = [i for i, s in enumerate(scores) if not math.isnan(float(s))]
     if count > len(eligible):
         raise ValueError(f"asks for {count} but only {len(eligible)} candidates have a score")
-    return sorted(eligible, key=lambda i: (float(scores[i]), i))[:count]
+    ranked = sorted(eligible, key=lambda i: (float(scores[i]), i))
+    if groups is None:
+        return ranked[:count]
+    members: dict[str, list[int]] = {}
+    for i in ranked:
+        members.setdefault(str(groups[i]), []).append(i)
+    quotas = dict.fromkeys(members, 0)
+    left = count
+    while left > 0:
+        open_groups = [g for g in members if len(members[g]) > quotas[g]]
+        total = sum(len(members[g]) - quotas[g] for g in open_groups)
+        shares = {g: left * (len(members[g]) - quotas[g]) / total for g in open_groups}
+        given = {g: min(int(shares[g]), len(members[g]) - quotas[g]) for g in open_groups}
+        rest = left - sum(given.values())
+        order = sorted(open_groups, key=lambda g: -(shares[g] - int(shares[g])))
+        for g in order:
+            if rest == 0:
+                break
+            if given[g] < len(members[g]) - quotas[g]:
+                given[g] += 1
+                rest -= 1
+        for g, n in given.items():
+            quotas[g] += n
+        left = count - sum(quotas.values())
+    chosen = [i for g in members for i in members[g][: quotas[g]]]
+    return sorted(chosen, key=lambda i: (float(scores[i]), i))
 
 
 # ----------------------------------------------------------------------------------- model
@@ -876,6 +913,8 @@ def _settings_key(config: FormatAlignmentConfig) -> dict[str, Any]:
         settings.pop(name)
     settings.pop("world")  # a world split is identified by its content (the source fingerprint)
     settings.pop("world_cache_dir")
+    if config.stratify_field is None:
+        settings.pop("stratify_field")
     if config.score != "template_ratio":
         settings.pop("plain_template")
     if config.score != "random":
@@ -997,14 +1036,34 @@ def _model_identity(source: ModelSource, uses_model: bool) -> dict[str, Any]:
     return identity
 
 
+def _strata(candidates: CandidateSet, field_name: str | None) -> list[str] | None:
+    """Each candidate's `field_name` value (as a string), or None without stratification."""
+    if field_name is None:
+        return None
+    values = []
+    for candidate in candidates.candidates:
+        if field_name not in candidate.record:
+            raise DataError(
+                candidate.where,
+                f"field {field_name!r} (stratify_field) missing from this {candidates.name} record",
+            )
+        values.append(str(candidate.record[field_name]))
+    return values
+
+
 def _select_set(
-    candidates: CandidateSet, scores: Scores, count: int, max_length: int | None
+    candidates: CandidateSet,
+    scores: Scores,
+    count: int,
+    max_length: int | None,
+    stratify_field: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The selected records (with `score` and `index`) and the set's manifest entry."""
     name, n = candidates.name, len(candidates.candidates)
     skipped = {r: scores.skipped.count(r) for r in ("overlong", "no_targets")}
+    strata = _strata(candidates, stratify_field)
     try:
-        chosen = select_lowest(scores.score, count)
+        chosen = select_lowest(scores.score, count, strata)
     except ValueError:
         raise ConfigError(
             f"count_{name}",
@@ -1040,6 +1099,11 @@ def _select_set(
         "scored": int(scored.sum()),
         "skipped": skipped,
         "selected": len(chosen),
+        "selected_per_stratum": (
+            None
+            if strata is None
+            else {v: sum(strata[i] == v for i in chosen) for v in dict.fromkeys(strata)}
+        ),
         "score_stats": _stats(scores.score),
         "selected_score_stats": _stats(scores.score[chosen] if chosen else np.zeros(0)),
         "target_tokens": int(scores.targets[scored].sum()),
@@ -1136,7 +1200,9 @@ def run_format_alignment(
             device=config.device,
             seed=config.seed,
         )
-        selected, per_set[name] = _select_set(candidates, scores, config.count(name), max_length)
+        selected, per_set[name] = _select_set(
+            candidates, scores, config.count(name), max_length, config.stratify_field
+        )
         outputs[SELECTED[name]] = _jsonl(selected)
         outputs[SCORE_FILES[name]] = _jsonl(list(scores.rows()))
     manifest = {

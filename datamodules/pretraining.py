@@ -53,6 +53,8 @@ class PretrainingDataModule(L.LightningDataModule):
             document). If false, one document (split into `max_length` chunks) or sample per row,
             padded.
         rows_per_epoch: Rows in one training epoch; default the sum of the sources' natural rows.
+        ratios: The train sources' token ratios in `train_sources` order, replacing their own
+            `ratio`s: one key for a sweep over the mixture (e.g. `[0.3, 0.1, 0.3, 0.3]`).
         seed: Seed of the epoch order and of the mixture's subsampling.
         num_workers: DataLoader worker processes.
         cache_dir: Directory of the tokenized stores (`<cache_dir>/<fingerprint>/`).
@@ -68,6 +70,7 @@ class PretrainingDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         packing: bool = True,
         rows_per_epoch: int | None = None,
+        ratios: list[float] | None = None,
         seed: int = 0,
         num_workers: int = 0,
         cache_dir: str = ".cache/adaptlm/stores",
@@ -90,8 +93,18 @@ class PretrainingDataModule(L.LightningDataModule):
             str(name): as_source_spec(s, f"{_KEY}.val_sources.{name}")
             for name, s in (val_sources or {}).items()
         }
+        if ratios is not None:
+            if not isinstance(ratios, (list, tuple)) or len(ratios) != len(self.train_sources):
+                raise ConfigError(
+                    f"{_KEY}.ratios",
+                    f"needs one ratio per train source ({len(self.train_sources)}), got {ratios!r}",
+                )
+            self.train_sources = [
+                replace(spec, ratio=ratio) for spec, ratio in zip(self.train_sources, ratios)
+            ]
         self.ratios = validate_ratios(
-            [s.ratio for s in self.train_sources], f"{_KEY}.train_sources"
+            [s.ratio for s in self.train_sources],
+            f"{_KEY}.ratios" if ratios is not None else f"{_KEY}.train_sources",
         )
         self._tokenizer_arg = tokenizer
         self._max_length = int(max_length)

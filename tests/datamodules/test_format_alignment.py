@@ -210,6 +210,23 @@ def test_select_lowest_breaks_ties_by_index_and_skips_nan() -> None:
         select_lowest(scores, 6)
 
 
+def test_stratified_selection_gives_each_group_its_share_of_its_lowest_scores() -> None:
+    groups = ["qa"] * 6 + ["add"] * 3 + ["rev"] * 1
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 5.0, 4.0, 6.0, 9.0]
+    assert select_lowest(scores, 4) == [0, 1, 2, 3]  # globally lowest: only qa
+    # shares 3 / 1.5 / 0.5: floors 3 / 1 / 0, the last one to the tied remainder seen first (add)
+    chosen = select_lowest(scores, 5, groups)
+    assert sorted(chosen) == [0, 1, 2, 6, 7]
+    assert chosen == sorted(chosen, key=lambda i: scores[i])  # lowest first overall
+    # shares 5.4 / 2.7 / 0.9: floors 5 / 2 / 0, remainders to rev (.9) then add (.7)
+    assert sorted(select_lowest(scores, 9, groups)) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    # shares 1.6 / 6.4: qa gets both of its candidates, add its six lowest
+    assert sorted(select_lowest(scores, 8, ["qa"] * 2 + ["add"] * 8)) == list(range(8))
+    assert len(select_lowest(scores, 10, groups)) == 10
+    nan_scores = [math.nan, *scores[1:]]
+    assert 0 not in select_lowest(nan_scores, 6, groups)
+
+
 def test_boundary_is_exact(tiny_tokenizer) -> None:
     prompt, response = _prompt("Where was Alice Varen born?"), " Orlin"
     (item,) = encode_pairs(tiny_tokenizer, [prompt], [response])
@@ -341,7 +358,8 @@ def test_world_config_parses() -> None:
     assert config.sft_source.path == "world:instructions"
     assert config.preference_source.path == "world:preference_pairs"
     assert config.preference_source.response_field == "chosen"
-    assert (config.count_sft, config.count_preference, config.score) == (64, 64, "response_ppl")
+    assert (config.count_sft, config.count_preference, config.score) == (200, 100, "response_ppl")
+    assert config.stratify_field == "source"
     default_world = yaml.safe_load((REPO / "experiments/configs/world/default.yaml").read_text())
     assert config.world.num_general_entities == default_world["num_general_entities"]
     config.validate()

@@ -136,6 +136,25 @@ def test_mixture_ratios_and_rows_per_epoch(
     assert sum(i < n_web for i in indices) == 10
 
 
+def test_ratios_replace_the_sources_ratios_and_rows_name_their_source(
+    tiny_tokenizer_dir: Path, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    dm = make_dm(tiny_tokenizer_dir, sources, tmp_path, ratios=[0.25, 0.75], rows_per_epoch=40)
+    assert [s.ratio for s in dm.train_sources] == [0.25, 0.75]
+    assert dm.train_source_names == ["web", "qa"]
+    dm.setup("fit")
+    n_web = dm.train_dataset.source_sizes[0]
+    batches = list(dm.train_dataloader())
+    indices = [i for b in batches for i in b["sample_index"].tolist()]
+    sources_of = [s for b in batches for s in b["source_index"].tolist()]
+    assert sum(i < n_web for i in indices) == 10
+    assert sources_of == [0 if i < n_web else 1 for i in indices]
+    with pytest.raises(ConfigError, match=r"data\.init_args\.ratios.*one ratio per train source"):
+        make_dm(tiny_tokenizer_dir, sources, tmp_path, ratios=[1.0])
+    with pytest.raises(ConfigError, match=r"data\.init_args\.ratios.*sum to 1"):
+        make_dm(tiny_tokenizer_dir, sources, tmp_path, ratios=[0.5, 0.6])
+
+
 def test_val_loaders_by_name_in_order(
     tiny_tokenizer_dir: Path, sources: dict[str, Path], tmp_path: Path
 ) -> None:
