@@ -33,6 +33,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -139,6 +140,7 @@ class Stage:
     name: str
     command: tuple[str, ...]
     directory: Path  # the run directory (fit) or the selection's output directory
+    after: tuple[str, ...] = ()  # the names of the stages whose outputs it reads
 
     @property
     def results(self) -> Path:
@@ -164,6 +166,7 @@ class Stage:
         return self.seed_dir / f"{self.name}.wall_s"
 
     def is_complete(self) -> bool:
+        """A fit stage with its final evaluation and export; a selection whose manifest exists."""
         if self.kind == "select":
             return (self.directory / "manifest.json").is_file()
         return is_complete(self.results) and (self.export / "config.json").is_file()
@@ -178,7 +181,13 @@ class Pipeline:
 
 
 def _fit(
-    config: str, name: str, seed: int, seed_dir: Path, model: Path, extra: Sequence[str]
+    config: str,
+    name: str,
+    seed: int,
+    seed_dir: Path,
+    model: Path,
+    extra: Sequence[str],
+    after: Sequence[str] = (),
 ) -> Stage:
     overrides = [
         f"--seed_everything={seed}",
@@ -187,7 +196,7 @@ def _fit(
         *extra,
     ]
     command = fit_command([CONFIG_DIR / config], overrides, seed_dir, name)
-    return Stage("fit", name, tuple(command), seed_dir / name / "version_0")
+    return Stage("fit", name, tuple(command), seed_dir / name / "version_0", tuple(after))
 
 
 def _select(
@@ -207,7 +216,8 @@ def _select(
         f"--seed={seed}",
         *counts,
     ]
-    return Stage("select", directory.name, tuple(command), directory)
+    stage1 = f"stage1-{variant.stage1_id}"
+    return Stage("select", directory.name, tuple(command), directory, (stage1,))
 
 
 def plan(
@@ -267,6 +277,7 @@ def plan(
                 seed_dir,
                 stage1.export,
                 [*sft_data, *run_args],
+                after=[stage1.name, *([mine["select"].name] if "select" in mine else [])],
             )
             mine["dpo"] = _fit(
                 variant.dpo,
@@ -275,32 +286,58 @@ def plan(
                 seed_dir,
                 mine["sft"].export,
                 [*dpo_data, *run_args],
+                after=[mine["sft"].name, *([mine["select"].name] if "select" in mine else [])],
             )
             pipeline.stages += [mine["sft"], mine["dpo"]]
             stages_of[(seed, variant.name)] = mine
     return list(pipelines.values()), stages_of
 
 
-def execute(stage: Stage, threads: int) -> float:
-    """Run one stage (skipped when complete); return its wall time."""
-    if stage.is_complete():
+def _selection_fingerprint(stage: Stage) -> str | None:
+    try:
+        manifest = json.loads((stage.directory / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest.get("fingerprint")
+
+
+def execute(stage: Stage, threads: int, stale: bool = False) -> tuple[float, bool]:
+    """Run one stage; return (its wall time, whether it produced a new output).
+
+    A complete fit stage is reused unless `stale` (a stage it reads from produced a new output).
+    A selection always runs: the command itself skips when its output's fingerprint (model,
+    candidates, settings) matches, and recomputes when any of them changed."""
+    if stage.kind == "fit" and stage.is_complete() and not stale:
         log.info("reusing %s (complete)", stage.directory)
         try:
-            return float(stage.wall_file.read_text(encoding="utf-8"))
+            return float(stage.wall_file.read_text(encoding="utf-8")), False
         except (OSError, ValueError):
-            return 0.0
+            return 0.0, False
+    before = _selection_fingerprint(stage) if stage.kind == "select" else None
+    if stage.kind == "fit" and stage.directory.exists():
+        shutil.rmtree(stage.directory)  # stale or interrupted: train it again
     log.info("running %s", stage.directory)
     code, wall = run_logged(stage.command, stage.log_file, threads)
     if code != 0 or not stage.is_complete():
         raise RuntimeError(f"{stage.directory} failed with exit code {code}; see {stage.log_file}")
-    stage.wall_file.write_text(f"{wall:.1f}\n", encoding="utf-8")
-    log.info("finished %s in %.0f s", stage.directory, wall)
-    return wall
+    changed = stage.kind == "fit" or _selection_fingerprint(stage) != before
+    if changed:
+        stage.wall_file.write_text(f"{wall:.1f}\n", encoding="utf-8")
+    log.info("finished %s in %.0f s%s", stage.directory, wall, "" if changed else " (reused)")
+    return wall, changed
 
 
 def run_pipeline(pipeline: Pipeline, threads: int) -> float:
-    """Run a pipeline's stages in order; return their total wall time."""
-    return sum(execute(stage, threads) for stage in pipeline.stages)
+    """Run a pipeline's stages in order, retraining every stage downstream of a new output;
+    return their total wall time."""
+    renewed: set[str] = set()
+    total = 0.0
+    for stage in pipeline.stages:
+        wall, changed = execute(stage, threads, stale=bool(renewed & set(stage.after)))
+        total += wall
+        if changed:
+            renewed.add(stage.name)
+    return total
 
 
 def last_metrics(stage: Stage) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,49 @@ def test_the_command_line_defaults() -> None:
     assert options.markdown == Path("docs/mix_cpt_table.md")
     with pytest.raises(SystemExit):
         mix_cpt_table.parse_options(["--variants", "nope"])
+
+
+def fake_stage(kind: str, name: str, directory: Path, after: tuple[str, ...], log: Path) -> object:
+    """A stage whose command writes what a finished fit (results, export) or selection (manifest
+    with the fingerprint held in `<dir>.fingerprint`) leaves, and logs that it ran."""
+    if kind == "fit":
+        script = (
+            "import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); "
+            "(d / 'export').mkdir(parents=True, exist_ok=True); "
+            "(d / 'export' / 'config.json').write_text('{}'); "
+            "(d / 'knowledge_eval.jsonl').write_text(json.dumps({'stage': 'fit_end'}) + '\\n')"
+        )
+    else:
+        script = (
+            "import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); d.mkdir(exist_ok=True); "
+            "f = pathlib.Path(str(d) + '.fingerprint').read_text(); "
+            "(d / 'manifest.json').write_text(json.dumps({'fingerprint': f}))"
+        )
+    logged = f"; open({str(log)!r}, 'a').write({name!r} + '\\n')"
+    command = (sys.executable, "-c", script + logged, str(directory))
+    return mix_cpt_table.Stage(kind, name, command, directory, after)
+
+
+def test_a_new_output_retrains_every_stage_downstream_and_only_those(tmp_path) -> None:
+    seed_dir = tmp_path / "seed0"
+    ran = tmp_path / "ran.txt"
+    stage1 = fake_stage("fit", "stage1-a", seed_dir / "stage1-a" / "version_0", (), ran)
+    select = fake_stage("select", "select-a", seed_dir / "select-a", ("stage1-a",), ran)
+    sft = fake_stage("fit", "sft-a", seed_dir / "sft-a" / "version_0", ("select-a",), ran)
+    other = fake_stage("fit", "sft-b", seed_dir / "sft-b" / "version_0", ("stage1-a",), ran)
+    pipeline = mix_cpt_table.Pipeline(0, [stage1, select, sft, other])
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "select-a.fingerprint").write_text("one")
+
+    def runs() -> list[str]:
+        names = ran.read_text().split() if ran.exists() else []
+        ran.unlink(missing_ok=True)
+        return names
+
+    mix_cpt_table.run_pipeline(pipeline, threads=1)
+    assert runs() == ["stage1-a", "select-a", "sft-a", "sft-b"]
+    mix_cpt_table.run_pipeline(pipeline, threads=1)  # the selection always runs, unchanged
+    assert runs() == ["select-a"]
+    (seed_dir / "select-a.fingerprint").write_text("two")  # e.g. another count or score
+    mix_cpt_table.run_pipeline(pipeline, threads=1)
+    assert runs() == ["select-a", "sft-a"]
