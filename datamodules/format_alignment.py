@@ -102,7 +102,7 @@ from common.atomic import atomic_directory
 from common.jsonl import read_jsonl
 from common.paths import is_local_path, resolve_path
 from datamodules.sources import SourceSpec, detect_format, resolve_files, source_fingerprint
-from datamodules.store import completion_mask, tokenizer_fingerprint
+from datamodules.store import completion_mask, tokenize_with_offsets, tokenizer_fingerprint
 from datamodules.world.config import WorldConfig
 
 if TYPE_CHECKING:
@@ -530,17 +530,10 @@ def encode_pairs(
             "tokenizer", "needs a fast tokenizer (character offsets find the prompt's end)"
         )
     texts = [p + r for p, r in zip(prompts, responses, strict=True)]
-    encoded = tokenizer(
-        texts,
-        add_special_tokens=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-        return_offsets_mapping=True,
-        verbose=False,
-    )
+    all_ids, all_offsets = tokenize_with_offsets(tokenizer, texts)
     eos = int(tokenizer.eos_token_id)
     out = []
-    for prompt, ids, offsets in zip(prompts, encoded["input_ids"], encoded["offset_mapping"]):
+    for prompt, ids, offsets in zip(prompts, all_ids, all_offsets):
         mask = completion_mask(offsets, len(prompt)).tolist()
         ids = list(ids)
         if append_eos and (not ids or ids[-1] != eos):

@@ -42,7 +42,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from common import IGNORE_INDEX, ConfigError, DataError
 from datamodules.pretraining import PretrainingDataModule
-from datamodules.sampler import GlobalStepBatchSampler, ResumableDataLoader
+from datamodules.sampler import (
+    GlobalStepBatchSampler,
+    ResumableDataLoader,
+    check_one_step_per_epoch,
+)
 from datamodules.sources import (
     _MISSING,
     ReadStats,
@@ -661,14 +665,7 @@ class PreferenceDataModule(PretrainingDataModule):
             rank=rank,
             seed=self.seed,
         )
-        if sampler.steps_per_epoch == 0:
-            raise ConfigError(
-                f"{_KEY}.micro_batch_size",
-                f"an epoch has {len(pairs)} pairs but one optimizer step needs "
-                f"{sampler.global_batch_size} (micro_batch_size {self.micro_batch_size} × "
-                f"accumulate_grad_batches {accumulate_grad_batches} × world_size {world_size}); "
-                "use smaller batches or more pairs",
-            )
+        check_one_step_per_epoch(sampler, len(pairs), "pairs", "more pairs", _KEY)
         return sampler
 
     def train_dataloader(self) -> ResumableDataLoader:

@@ -17,6 +17,7 @@ from datamodules.sampler import (
     GlobalStepBatchSampler,
     Mixture,
     ResumableDataLoader,
+    check_one_step_per_epoch,
     validate_ratios,
 )
 from datamodules.sources import SourceSpec, as_source_spec
@@ -303,14 +304,9 @@ class PretrainingDataModule(L.LightningDataModule):
             epoch_samples=mixture.epoch_samples,
             num_samples=mixture.total_rows,
         )
-        if sampler.steps_per_epoch == 0:
-            raise ConfigError(
-                f"{_KEY}.micro_batch_size",
-                f"an epoch has {mixture.total_rows} rows but one optimizer step needs "
-                f"{sampler.global_batch_size} (micro_batch_size {self.micro_batch_size} × "
-                f"accumulate_grad_batches {accumulate_grad_batches} × world_size {world_size}); "
-                "use smaller batches, more data or rows_per_epoch",
-            )
+        check_one_step_per_epoch(
+            sampler, mixture.total_rows, "rows", "more data or rows_per_epoch", _KEY
+        )
         return sampler
 
     def train_dataloader(self) -> ResumableDataLoader:

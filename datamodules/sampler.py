@@ -483,11 +483,28 @@ class ResumableDataLoader(DataLoader):
         self._pending = {k: int(v) for k, v in state_dict.items()}
 
 
+def check_one_step_per_epoch(
+    sampler: Any, units: int, unit_name: str, remedy: str, key: str = "data.init_args"
+) -> None:
+    """A `ConfigError` on `micro_batch_size` when an epoch of `units` cannot fill one optimizer step
+    of `sampler` (its `steps_per_epoch` is 0); `remedy` ends the message (e.g. "more data")."""
+    if sampler.steps_per_epoch > 0:
+        return
+    raise ConfigError(
+        f"{key}.micro_batch_size",
+        f"an epoch has {units} {unit_name} but one optimizer step needs "
+        f"{sampler.global_batch_size} (micro_batch_size {sampler.micro_batch_size} × "
+        f"accumulate_grad_batches {sampler.accumulate_grad_batches} × world_size "
+        f"{sampler.world_size}); use smaller batches or {remedy}",
+    )
+
+
 __all__ = [
     "GlobalStepBatchSampler",
     "Mixture",
     "ResumableDataLoader",
     "SampleKey",
     "TrainerProgress",
+    "check_one_step_per_epoch",
     "validate_ratios",
 ]

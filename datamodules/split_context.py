@@ -68,7 +68,11 @@ from datamodules.fictional.datamodule import (
     FictionalDataModule,
 )
 from datamodules.pretraining import PretrainingDataModule
-from datamodules.sampler import GlobalStepBatchSampler, ResumableDataLoader
+from datamodules.sampler import (
+    GlobalStepBatchSampler,
+    ResumableDataLoader,
+    check_one_step_per_epoch,
+)
 from datamodules.self_generated import SelfGeneratingMixin, SelfGeneration, read_texts
 from datamodules.sources import ReadStats, SourceSpec, read_documents
 from datamodules.world.config import WorldConfig
@@ -913,14 +917,7 @@ class SplitContextDataModule(PretrainingDataModule):
             rank=rank,
             seed=self.seed,
         )
-        if sampler.steps_per_epoch == 0:
-            raise ConfigError(
-                f"{_KEY}.micro_batch_size",
-                f"an epoch has {len(dataset)} documents but one optimizer step needs "
-                f"{sampler.global_batch_size} (micro_batch_size {self.micro_batch_size} × "
-                f"accumulate_grad_batches {accumulate_grad_batches} × world_size {world_size}); "
-                "use smaller batches or more documents",
-            )
+        check_one_step_per_epoch(sampler, len(dataset), "documents", "more documents", _KEY)
         return sampler
 
     def train_dataloader(self) -> SplitContextLoader:  # type: ignore[override]

@@ -152,7 +152,7 @@ def _tokenize_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return encoded["input_ids"]
 
 
-def _tokenize_with_offsets(
+def tokenize_with_offsets(
     tokenizer: Any, texts: list[str]
 ) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
     """Token ids and character offsets of a batch of documents, without special tokens."""
@@ -381,7 +381,7 @@ class TokenizedStore:
             for samples in _batched(read_samples(spec, stats, tokenizer), _TOKENIZE_BATCH):
                 texts = [sample.text for sample in samples]
                 if masked:
-                    encoded, offsets = _tokenize_with_offsets(tokenizer, texts)
+                    encoded, offsets = tokenize_with_offsets(tokenizer, texts)
                 else:
                     encoded = _tokenize_batch(tokenizer, texts)
                 # every document ends with exactly one EOS (chat texts may carry their own)
@@ -468,5 +468,6 @@ __all__ = [
     "completion_mask",
     "loss_span_mask",
     "store_fingerprint",
+    "tokenize_with_offsets",
     "tokenizer_fingerprint",
 ]

