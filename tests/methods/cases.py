@@ -68,6 +68,12 @@ data:
 """
 
 
+# A ChatML-like template (the tiny tokenizer has none); `{{`/`}}` survive the YAML's `.format`.
+CHATML = (
+    "{{% for m in messages %}}<|im_start|>{{{{ m['role'] }}}}\n{{{{ m['content'] }}}}<|im_end|>\n"
+    "{{% endfor %}}{{% if add_generation_prompt %}}<|im_start|>assistant\n{{% endif %}}"
+)
+
 # Two sources over the shared corpus (rows hold one source each): for per-source settings.
 TWO_SOURCE_DATA = """\
 data:
@@ -146,6 +152,18 @@ METHODS: list[MethodCase] = [
         data_yaml=TWO_SOURCE_DATA,
         has_teacher=True,
     ),
+    MethodCase(  # SFT (Mix-CPT stage 2): two-round chats, loss on the assistant turns only
+        "sft",
+        causal_lm(),
+        data_yaml=(
+            "data:\n  class_path: datamodules.PretrainingDataModule\n  init_args:\n"
+            "    tokenizer: {tokenizer}\n"
+            "    train_sources:\n      - path: {chats}\n        kind: sample\n"
+            "        messages_field: messages\n"
+            '        chat_template: "' + CHATML.replace("\n", "\\n") + '"\n'
+            "    max_length: 64\n    micro_batch_size: 4\n    seed: 3\n    cache_dir: {cache}\n"
+        ),
+    ),
     MethodCase(  # DPO (Mix-CPT stage 2): pairs made from the corpus, reference precomputed & cached
         "dpo",
         "model:\n  class_path: lightning_modules.DPOModule\n  init_args:\n"
@@ -199,12 +217,28 @@ def write_run_files(case: MethodCase, root: Path, tokenizer_dir: Path) -> list[s
             words = [WORDS[(i * 5 + j * 3) % len(WORDS)] for j in range(n)]
             lines.append(json.dumps({"text": " ".join(words) + f" {i}."}))
         train.write_text("\n".join(lines) + "\n")
+    chats = root / "chats.jsonl"
+    if not chats.exists():
+        records = []
+        for i in range(48):  # deterministic two-round chats over the same words
+            turns = []
+            for r in range(2):
+                ask = [WORDS[(i * 3 + r * 5 + j) % len(WORDS)] for j in range(3 + (i + r) % 4)]
+                say = [WORDS[(i * 7 + r * 2 + j * 5) % len(WORDS)] for j in range(2 + i % 5)]
+                turns += [
+                    {"role": "user", "content": " ".join(ask) + "?"},
+                    {"role": "assistant", "content": " ".join(say) + f" {i}."},
+                ]
+            records.append(json.dumps({"messages": turns}))
+        chats.write_text("\n".join(records) + "\n")
     model = root / f"{case.name}.model.yaml"
     model.write_text(case.model_yaml)
     data = root / f"{case.name}.data.yaml"
     template = case.data_yaml or PRETRAINING_DATA
     data.write_text(
-        template.format(tokenizer=tokenizer_dir, train=train, cache=root.parent / "stores")
+        template.format(
+            tokenizer=tokenizer_dir, train=train, chats=chats, cache=root.parent / "stores"
+        )
     )
     return ["--config", str(model), "--config", str(data)]
 
