@@ -104,9 +104,8 @@ class SourceSpec:
             `user`, `assistant`, `tool`). It is rendered with `chat_template` into the text (so
             `text_field` is not read and must stay at its default); only the assistant turns get
             loss: their content and the template's end-of-turn text after it (e.g. `<|im_end|>`,
-            EOS), not the role headers; the appended EOS has loss iff the chat ends with an
-            assistant turn. A chat without an assistant turn is kept, without targets, and
-            counted. Needs a fast tokenizer (except with `plain`). Default: none.
+            EOS), not the role headers, and not the EOS the store appends after the chat. A
+            chat without an assistant turn is kept, without targets, and counted. Needs a fast tokenizer (except with `plain`). Default: none.
         chat_template: How `messages_field` chats become text: `tokenizer` (the tokenizer's own
             chat template, as `apply_chat_template(..., tokenize=False)` renders it), an inline
             Jinja template (a value containing `{{` or `{%`), a path to a `.jinja` file, or

@@ -20,7 +20,8 @@ range `[start, end)` overlaps a span `[a, b)`: `end > a and start < b` (a zero-w
 iff `a < p <= b`). With the single span `[len(prompt), len(text))` of a prompt source this is the
 prompt rule: a token lying entirely inside the prompt (`end <= len(prompt)`) gets no loss, one
 straddling the boundary does. The appended EOS has loss iff the text ends inside a span (always
-for a prompt source; for a chat iff its last turn is an assistant turn).
+for a prompt source) and the sample is not a chat: a chat's targets are its assistant turns as the
+template renders them, end-of-turn markers included, and nothing after.
 
 The fingerprint hashes the source content (see `sources.source_fingerprint`), the tokenizer (its
 serialized `tokenizer.json`, or its vocabulary for tokenizers without one), the EOS id and the store
@@ -72,6 +73,13 @@ _MASK_RULE = "prompt-token-iff-end-offset<=len(prompt); eos-is-completion"
 _SPAN_RULE = (
     "loss-iff-token-overlaps-a-loss-span(end>a,start<b;zero-width:a<p<=b); "
     "appended-eos-loss-iff-text-ends-in-a-span"
+)
+# A chat's loss is its assistant turns as the template renders them, end-of-turn markers included:
+# the EOS the store appends after a chat is never a target (ChatML-style templates end a turn with
+# `<|im_end|>\n`; an appended `<|im_end|>` EOS would be a second, needless stop target).
+_CHAT_RULE = (
+    "loss-iff-token-overlaps-a-loss-span(end>a,start<b;zero-width:a<p<=b); "
+    "appended-eos-after-a-chat-no-loss"
 )
 _TOKENIZE_BATCH = 1000
 
@@ -135,8 +143,10 @@ def _rendering_settings(spec: SourceSpec, tokenizer: Any) -> dict[str, Any]:
     if spec.messages_field is not None:
         settings["messages_field"] = spec.messages_field
         settings["chat"] = chat_renderer(spec, tokenizer).identity()
-    if spec.template_prompt is not None or (spec.messages_field is not None and spec.has_loss_mask):
+    if spec.template_prompt is not None:
         settings["loss_mask"] = _SPAN_RULE
+    elif spec.messages_field is not None and spec.has_loss_mask:
+        settings["loss_mask"] = _CHAT_RULE
     return settings
 
 
@@ -394,12 +404,13 @@ class TokenizedStore:
                     masks = []
                     for sample, x, y, off in zip(samples, ids, encoded, offsets):
                         mask = loss_span_mask(off, sample.loss_spans)
-                        if len(x) > len(y):  # the appended EOS: loss iff the text ends in a span
+                        if len(x) > len(y):  # the appended EOS (see `_SPAN_RULE`, `_CHAT_RULE`)
                             spans = sample.loss_spans
                             ends_in_span = spans is None or (
                                 bool(spans) and spans[-1][1] >= len(sample.text)
                             )
-                            mask = np.append(mask, np.uint8(ends_in_span))
+                            target = ends_in_span and spec.messages_field is None
+                            mask = np.append(mask, np.uint8(target))
                         masks.append(mask)
                     flat_mask = np.concatenate(masks).astype(MASK_DTYPE)
                     assert flat_mask.size == flat.size
@@ -443,7 +454,13 @@ class TokenizedStore:
             manifest["loss_mask"] = {
                 "file": LOSS_MASK,
                 "dtype": MASK_DTYPE.name,
-                "rule": _MASK_RULE if spec.prompt_field is not None else _SPAN_RULE,
+                "rule": (
+                    _MASK_RULE
+                    if spec.prompt_field is not None
+                    else _CHAT_RULE
+                    if spec.messages_field is not None
+                    else _SPAN_RULE
+                ),
                 "completion_tokens": completion_tokens,
                 "prompt_tokens": n_tokens - completion_tokens,
             }

@@ -126,9 +126,10 @@ def test_chatml_targets_are_exactly_the_assistant_turns(
     eos = chatml_tokenizer.eos_token_id
     assert store.document(0).tolist() == [*ids(chatml_tokenizer, text), eos]  # one EOS appended
     runs = target_runs(chatml_tokenizer, store.document(0), store.document_mask(0))
-    # content + end marker (+ what ChatML writes after it); the appended EOS: the chat ends with
-    # an assistant turn
-    assert runs == ["Orlin.<|im_end|>\n", "In 1987.<|im_end|>\n<|endoftext|>"]
+    # content + end marker (+ what ChatML writes after it); the EOS appended after the chat is
+    # never a target: the template's own end of turn is what the model learns to stop on
+    assert runs == ["Orlin.<|im_end|>\n", "In 1987.<|im_end|>\n"]
+    assert store.document_mask(0)[-1] == 0
     assert store.manifest["source"]["chats"] == {"assistant_turns": 2, "without_assistant": 0}
     assert store.completion_tokens == int(store.document_mask(0).sum())
 
@@ -169,7 +170,7 @@ def test_chat_without_assistant_turn_is_kept_counted_and_logged(
     assert store.num_documents == 3 and not store.document_mask(1).any()
     # an assistant-first chat: its header is not a target, its content and marker are
     runs = target_runs(chatml_tokenizer, store.document(2), store.document_mask(2))
-    assert runs == ["Orlin.<|im_end|>\n<|endoftext|>"]
+    assert runs == ["Orlin.<|im_end|>\n"]
     rows = PackedRows(store, 128, kind="sample", packing=False, name="sft")
     assert rows.stats.samples_without_targets == 1
 

@@ -158,9 +158,9 @@ def test_sft_data_puts_loss_exactly_on_the_assistant_turns(
         runs.extend(target_runs(tokenizer, input_ids, labels))
     assert segments == len(records)  # every chat once per epoch, several packed per row
     # Each assistant turn's targets: the response, SmolLM2's end of turn `<|im_end|>` and the
-    # template's newline after it, and the EOS the store appends to every sample (EOS is
+    # template's newline after it — not the EOS the store appends after the chat (EOS is
     # `<|im_end|>` too). No system or user token, no role header is a target.
-    assert sorted(runs) == sorted(f"{r['response']}{END}\n{END}" for r in records)
+    assert sorted(runs) == sorted(f"{r['response']}{END}\n" for r in records)
     assert data.stats["sft"]["target_tokens"] == sum(
         len(tokenizer(run, add_special_tokens=False)["input_ids"]) for run in runs
     )
