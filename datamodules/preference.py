@@ -47,17 +47,7 @@ from datamodules.sampler import (
     ResumableDataLoader,
     check_one_step_per_epoch,
 )
-from datamodules.sources import (
-    _MISSING,
-    ReadStats,
-    SourceSpec,
-    _kind_name,
-    _read_hf,
-    _read_jsonl,
-    _read_parquet,
-    _Where,
-    detect_format,
-)
+from datamodules.sources import _MISSING, ReadStats, SourceSpec, _kind_name, read_raw_fields
 from datamodules.store import TokenizedStore
 from datamodules.world.config import WorldConfig
 from datamodules.world.datamodule import DEFAULT_WORLD, WorldDataModule
@@ -168,15 +158,8 @@ def read_pair_texts(
     """`(prompt, chosen, rejected)` of every record in order; a `DataError` naming the file and
     line (JSONL) or record (Parquet, HF) for a record without one of the fields or with a
     non-string value."""
-    fmt = detect_format(resolved)
-    readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "hf": _read_hf}
-    if fmt not in readers:
-        raise DataError(
-            resolved.path, f"preference pairs are records (jsonl, parquet, hf), not {fmt}"
-        )
     fields = source.fields
-    where: _Where
-    for where, values in readers[fmt](resolved, ReadStats(), fields, True):
+    for where, values in read_raw_fields(resolved, ReadStats(), fields, "preference pairs"):
         for name, setting, value in zip(fields, _SETTINGS, values):
             if value is _MISSING:
                 raise where.error(f"record has no field {name!r}; set `{key}.{setting}`")

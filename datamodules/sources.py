@@ -21,6 +21,7 @@ per-token mask, see `store.loss_span_mask`): the completion after `prompt_field`
 
 from __future__ import annotations
 
+import abc
 import glob
 import hashlib
 import logging
@@ -453,11 +454,9 @@ def read_samples(
     (its template) or a Jinja template (the special-token variables); a missing template is a
     `ConfigError` naming the source's `chat_template` key.
     """
-    fmt = detect_format(spec)
-    readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_text, "hf": _read_hf}
     render = _record_renderer(spec, stats, tokenizer)
     fields = render.fields if render is not None else _fields(spec)
-    for where, values in readers[fmt](spec, stats, fields, render is not None):
+    for where, values in _READERS[detect_format(spec)](spec, stats, fields, render is not None):
         if render is not None:
             sample = render(where, dict(zip(fields, values)))
         else:  # text_field (and prompt_field): validated strings
@@ -519,15 +518,16 @@ def _kind_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-class _RecordRenderer:
+class _RecordRenderer(abc.ABC):
     """Renders one raw record (its requested fields, `_MISSING` where absent) to a `Sample`."""
 
     fields: tuple[str, ...]
 
+    @abc.abstractmethod
     def __call__(self, where: _Where, record: dict[str, Any]) -> Sample:
-        raise NotImplementedError
+        """The sample of one record (a `DataError` through `where` when it cannot be rendered)."""
 
-    def count(self, sample: Sample) -> None:
+    def count(self, sample: Sample) -> None:  # noqa: B027 (an optional hook: a no-op by default)
         """Update the read statistics for a kept sample."""
 
 
@@ -846,6 +846,22 @@ def _read_hf(
             yield where, values
 
 
+_READERS = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_text, "hf": _read_hf}
+
+
+def read_raw_fields(
+    spec: SourceSpec, stats: ReadStats, fields: tuple[str, ...], what: str = "records"
+) -> Iterator[tuple[_Where, tuple[Any, ...]]]:
+    """`(where, values)` of every record of a jsonl, parquet or hf `spec`, in order: whatever the
+    `fields` hold, `_MISSING` where absent (the caller validates them and names its settings);
+    `where.error(...)` is a `DataError` naming the file and line or record. Text files have no
+    fields: a `DataError` saying `what` the source must hold."""
+    fmt = detect_format(spec)
+    if fmt == "text":
+        raise DataError(spec.path, f"{what} are records (jsonl, parquet, hf), not text")
+    return _READERS[fmt](spec, stats, fields, True)
+
+
 __all__ = [
     "FORMATS",
     "KINDS",
@@ -857,6 +873,7 @@ __all__ = [
     "chat_renderer",
     "detect_format",
     "read_documents",
+    "read_raw_fields",
     "read_records",
     "read_samples",
     "resolve_files",
