@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Pinned first so that no later requirement resolves a fresh (CUDA, multi-GB) torch build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,kernels,quant
+EXTRAS ?= dev,kernels,quant,selection
 STAMP := $(VENV)/.adaptlm-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 

@@ -99,6 +99,12 @@ class KnowledgeEvalCallback(Callback):
             `ConfigError` at `on_fit_start`, since the initial weights are no longer available
             (the checkpoint holds the trained ones). The cost is one forward of the initial model
             per perplexity batch and a second LM-head pass.
+        extra_qa_sets: QA sets added to `qa_sets` (or to the datamodule's), `{name: path}`; a
+            path the datamodule resolves (e.g. `world:task_comparison_test`) is resolved through
+            its `resolve_source`. TRAIT's downstream tasks.
+        stop_strings: Cut every generated answer at the first of these strings before exact
+            match, as well as at EOS (e.g. `["\n"]`: the answer line of a model that goes on
+            with its reasoning after `Answer: ...`). Default: EOS only.
     """
 
     def __init__(
@@ -115,6 +121,8 @@ class KnowledgeEvalCallback(Callback):
         results_file: str = "knowledge_eval.jsonl",
         max_length: int | None = None,
         initial_kl: bool = False,
+        extra_qa_sets: dict[str, str] | None = None,
+        stop_strings: list[str] | None = None,
     ) -> None:
         super().__init__()
         for key, value, minimum in (
@@ -141,6 +149,8 @@ class KnowledgeEvalCallback(Callback):
         self.results_file = results_file
         self.max_length = max_length
         self.initial_kl = initial_kl
+        self.extra_qa_sets = dict(extra_qa_sets or {})
+        self.stop_strings = list(stop_strings or [])
         self.history: list[dict[str, Any]] = []
         # The initial model for `initial_kl` (a Teacher view; not a module attribute of pl_module)
         # and how it was obtained (saved with the callback state, see `load_state_dict`).
@@ -167,11 +177,26 @@ class KnowledgeEvalCallback(Callback):
             provided = provider()
             qa = dict(provided.get("qa", {})) if qa is None else qa
             ppl = dict(provided.get("perplexity", {})) if ppl is None else ppl
+        if self.extra_qa_sets:
+            qa = {**qa, **self._resolved_extra(trainer)}
         if not qa and not ppl:
             raise ConfigError(
                 "KnowledgeEvalCallback.qa_sets", "no QA and no perplexity sets: nothing to evaluate"
             )
         return qa, ppl
+
+    def _resolved_extra(self, trainer: pl.Trainer) -> dict[str, str]:
+        """`extra_qa_sets` with paths the datamodule knows (`world:<split>`) resolved to files."""
+        datamodule = getattr(trainer, "datamodule", None)
+        resolve = getattr(datamodule, "resolve_source", None)
+        resolved = {}
+        for name, path in self.extra_qa_sets.items():
+            if resolve is not None:
+                from datamodules.sources import SourceSpec
+
+                path = resolve(SourceSpec(path=str(path))).path
+            resolved[name] = str(path)
+        return resolved
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Read and validate every set up front: a bad file fails before training, not after it."""
@@ -304,6 +329,7 @@ class KnowledgeEvalCallback(Callback):
                 rank=trainer.global_rank,
                 world_size=trainer.world_size,
                 reference=reference,
+                stop_strings=self.stop_strings,
             )
         slots = list(local)
         sums = torch.tensor([local[k] for k in slots], dtype=torch.float64, device=pl_module.device)

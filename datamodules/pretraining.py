@@ -17,6 +17,8 @@ from datamodules.sampler import (
     GlobalStepBatchSampler,
     Mixture,
     ResumableDataLoader,
+    StagedMixture,
+    TrainStage,
     check_one_step_per_epoch,
     validate_ratios,
 )
@@ -56,6 +58,11 @@ class PretrainingDataModule(L.LightningDataModule):
         rows_per_epoch: Rows in one training epoch; default the sum of the sources' natural rows.
         ratios: The train sources' token ratios in `train_sources` order, replacing their own
             `ratio`s: one key for a sweep over the mixture (e.g. `[0.3, 0.1, 0.3, 0.3]`).
+        stages: Train in stages over the same train sources (TRAIT's two-stage training): each
+            stage gives the sources' token ratios and its optimizer steps (a whole number of
+            epochs; the last stage runs to the end). Replaces the sources' `ratio`s and `ratios`
+            (leave those unset). A resume inside or across stages is exact: the stage of an epoch
+            is fixed by the config. `train_stage_starts()` gives each stage's first step.
         seed: Seed of the epoch order and of the mixture's subsampling.
         num_workers: DataLoader worker processes.
         cache_dir: Directory of the tokenized stores (`<cache_dir>/<fingerprint>/`).
@@ -72,6 +79,7 @@ class PretrainingDataModule(L.LightningDataModule):
         packing: bool = True,
         rows_per_epoch: int | None = None,
         ratios: list[float] | None = None,
+        stages: list[TrainStage] | None = None,
         seed: int = 0,
         num_workers: int = 0,
         cache_dir: str = ".cache/adaptlm/stores",
@@ -107,6 +115,7 @@ class PretrainingDataModule(L.LightningDataModule):
             [s.ratio for s in self.train_sources],
             f"{_KEY}.ratios" if ratios is not None else f"{_KEY}.train_sources",
         )
+        self.stages = self._checked_stages(stages)
         self._tokenizer_arg = tokenizer
         self._max_length = int(max_length)
         self.micro_batch_size = int(micro_batch_size)
@@ -124,6 +133,37 @@ class PretrainingDataModule(L.LightningDataModule):
         self.stats: dict[str, dict[str, Any]] = {}
         """Per source name: store counts (documents, skipped_empty, tokens), packing counts and,
         for masked prompts, `completion_tokens` (store) and `target_tokens` (rows)."""
+
+    def _checked_stages(self, stages: list[TrainStage] | None) -> list[TrainStage] | None:
+        """The stages as `TrainStage`s; they exclude per-source ratios."""
+        if stages is None:
+            return None
+        if self.ratios is not None:
+            raise ConfigError(
+                f"{_KEY}.stages",
+                "give the token ratios per stage only: unset the train sources' `ratio` and "
+                "`ratios`",
+            )
+        checked = []
+        for i, stage in enumerate(stages):
+            if isinstance(stage, dict):
+                unknown = sorted(set(stage) - {"name", "ratios", "steps"})
+                if unknown:
+                    raise ConfigError(
+                        f"{_KEY}.stages[{i}]",
+                        f"unknown keys {unknown}; expected name, ratios, steps",
+                    )
+                stage = TrainStage(
+                    name=str(stage.get("name", f"stage{i}")),
+                    ratios=tuple(stage.get("ratios") or ()),
+                    steps=stage.get("steps"),
+                )
+            elif not isinstance(stage, TrainStage):
+                raise ConfigError(f"{_KEY}.stages[{i}]", f"expected a stage, got {stage!r}")
+            checked.append(replace(stage, ratios=tuple(float(r) for r in stage.ratios)))
+        if not checked:
+            raise ConfigError(f"{_KEY}.stages", "give at least one stage, or leave stages unset")
+        return checked
 
     @staticmethod
     def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -182,7 +222,7 @@ class PretrainingDataModule(L.LightningDataModule):
         return self._train_dataset
 
     @property
-    def mixture(self) -> Mixture:
+    def mixture(self) -> Mixture | StagedMixture:
         """The per-epoch row selection (after `setup`)."""
         if self._mixture is None:
             raise RuntimeError("call setup('fit') first")
@@ -259,13 +299,24 @@ class PretrainingDataModule(L.LightningDataModule):
             self._check_one_weighting(train)
             parts = [self._packed(spec) for spec in train]
             self._train_dataset = PackedDataset(parts, self.tokenizer.pad_token_id)
-            self._mixture = Mixture(
-                self._train_dataset.source_sizes,
-                self.ratios,
-                total_rows=self.rows_per_epoch,
-                seed=self.seed,
-                names=[s.display_name for s in train],
-            )
+            names = [s.display_name for s in train]
+            if self.stages is None:
+                self._mixture = Mixture(
+                    self._train_dataset.source_sizes,
+                    self.ratios,
+                    total_rows=self.rows_per_epoch,
+                    seed=self.seed,
+                    names=names,
+                )
+            else:
+                self._mixture = StagedMixture(
+                    self._train_dataset.source_sizes,
+                    self.stages,
+                    total_rows=self.rows_per_epoch,
+                    seed=self.seed,
+                    names=names,
+                    key=f"{_KEY}.stages",
+                )
         if stage in (None, "fit", "validate", "test") and not self._val_datasets:
             for name, spec in val.items():
                 self._val_datasets[name] = PackedDataset(
@@ -307,7 +358,20 @@ class PretrainingDataModule(L.LightningDataModule):
         check_one_step_per_epoch(
             sampler, mixture.total_rows, "rows", "more data or rows_per_epoch", _KEY
         )
+        if isinstance(mixture, StagedMixture):
+            mixture.bind(sampler.steps_per_epoch)
         return sampler
+
+    def train_stage_starts(self) -> list[tuple[str, int]]:
+        """`(stage name, first optimizer step)` of every stage for the trainer's layout; one
+        unnamed stage from step 0 without `stages`."""
+        if self.stages is None:
+            return [("", 0)]
+        mixture = self.mixture
+        assert isinstance(mixture, StagedMixture)
+        accumulate, world, rank, _ = self._trainer_layout()
+        self.train_sampler(accumulate, world, rank)  # binds the stages to this layout
+        return [(stage.name, start) for stage, start in zip(self.stages, mixture.start_steps())]
 
     def train_dataloader(self) -> ResumableDataLoader:
         """This rank's loader in the global-step order, with a resumable state."""

@@ -18,6 +18,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -148,6 +149,117 @@ class Mixture:
                 rows.append(np.sort(rng.choice(int(size), size=rest, replace=False)))
             parts.append(np.concatenate(rows) + self.offsets[i])
         return np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class TrainStage:
+    """One stage of a staged training run: the train sources' token ratios for its steps.
+
+    Args:
+        name: Short name, logged as the stage (e.g. `knowledge`, `synthetic`).
+        ratios: Token ratios of the train sources in `train_sources` order (0 leaves a source out
+            of the stage), summing to 1.
+        steps: Optimizer steps of the stage, a whole number of epochs (`rows_per_epoch` rows each,
+            so that a stage starts at an epoch boundary and a resume inside or across stages is
+            exact). None for the last stage: it runs to the end of training.
+    """
+
+    name: str
+    ratios: tuple[float, ...]
+    steps: int | None = None
+
+
+class StagedMixture:
+    """A training run in stages over the same train sources: stage k's `Mixture` for its epochs.
+
+    Every stage selects the same number of rows per epoch (`total_rows`), so the sampler's
+    layout never changes; a stage covers a whole number of epochs, so the stage of an epoch is a
+    pure function of the epoch and the loader's resumable state (epoch, consumed samples) needs
+    nothing more. The epochs of a stage are known once the optimizer step's size is
+    (`bind(steps_per_epoch)`, called by the data module when it builds the sampler).
+
+    Args:
+        source_sizes: Rows of each source.
+        stages: The stages, in order; all but the last give `steps`.
+        total_rows: Rows per epoch; default the sum of the natural sizes.
+        seed: Seed of each stage's subsampling.
+        names: Source names for the log.
+        key: Config key of the stages, for errors.
+    """
+
+    def __init__(
+        self,
+        source_sizes: Sequence[int],
+        stages: Sequence[TrainStage],
+        *,
+        total_rows: int | None = None,
+        seed: int = 0,
+        names: Sequence[str] | None = None,
+        key: str = "data.init_args.stages",
+    ) -> None:
+        if not stages:
+            raise ConfigError(key, "give at least one stage")
+        self.key = key
+        self.stages = list(stages)
+        for i, stage in enumerate(self.stages):
+            last = i == len(self.stages) - 1
+            if stage.steps is None and not last:
+                raise ConfigError(f"{key}[{i}].steps", "every stage but the last needs its steps")
+            if stage.steps is not None and (isinstance(stage.steps, bool) or stage.steps < 1):
+                raise ConfigError(f"{key}[{i}].steps", f"must be >= 1, got {stage.steps!r}")
+            if len(stage.ratios) != len(source_sizes):
+                raise ConfigError(
+                    f"{key}[{i}].ratios",
+                    f"needs one ratio per train source ({len(source_sizes)}), got "
+                    f"{list(stage.ratios)}",
+                )
+            validate_ratios(list(stage.ratios), f"{key}[{i}].ratios")
+        self.mixtures = []
+        for stage in self.stages:
+            log.info("stage %s:", stage.name)
+            self.mixtures.append(
+                Mixture(source_sizes, stage.ratios, total_rows=total_rows, seed=seed, names=names)
+            )
+        self.total_rows = self.mixtures[0].total_rows
+        self._start_epochs: list[int] | None = None
+        self._steps_per_epoch: int | None = None
+
+    def bind(self, steps_per_epoch: int) -> None:
+        """Fix each stage's epochs for optimizer steps of `steps_per_epoch` per epoch."""
+        starts, epoch = [], 0
+        for i, stage in enumerate(self.stages):
+            starts.append(epoch)
+            if stage.steps is None:
+                continue
+            epochs, rest = divmod(stage.steps, steps_per_epoch)
+            if rest or epochs == 0:
+                raise ConfigError(
+                    f"{self.key}[{i}].steps",
+                    f"is {stage.steps}, not a whole number of epochs of {steps_per_epoch} "
+                    f"optimizer steps ({self.total_rows} rows per epoch): use a multiple of "
+                    f"{steps_per_epoch} or change rows_per_epoch",
+                )
+            epoch += epochs
+        self._start_epochs, self._steps_per_epoch = starts, int(steps_per_epoch)
+
+    def _starts(self) -> list[int]:
+        if self._start_epochs is None:
+            raise RuntimeError("StagedMixture.bind(steps_per_epoch) must be called first")
+        return self._start_epochs
+
+    def stage_of_epoch(self, epoch: int) -> int:
+        """Index of the stage that `epoch` belongs to (the last stage runs on forever)."""
+        starts = self._starts()
+        return max(i for i, start in enumerate(starts) if start <= epoch)
+
+    def start_steps(self) -> list[int]:
+        """The first optimizer step of every stage."""
+        starts = self._starts()
+        return [start * int(self._steps_per_epoch or 0) for start in starts]
+
+    def epoch_samples(self, epoch: int) -> np.ndarray:
+        """Global row ids of epoch `epoch`: its stage's mixture."""
+        return self.mixtures[self.stage_of_epoch(epoch)].epoch_samples(epoch)
 
 
 class GlobalStepBatchSampler(DistributedSampler):
@@ -504,6 +616,8 @@ __all__ = [
     "Mixture",
     "ResumableDataLoader",
     "SampleKey",
+    "StagedMixture",
+    "TrainStage",
     "TrainerProgress",
     "check_one_step_per_epoch",
     "validate_ratios",

@@ -401,6 +401,18 @@ def shard(n_items: int, rank: int, world_size: int) -> tuple[list[int], list[boo
     return indices, counted
 
 
+def cut_at(text: str, stop_strings: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any of `stop_strings` (the answer a model gave
+    before going on, e.g. a newline after `Answer: ...`); unchanged without one."""
+    cut = len(text)
+    for stop in stop_strings:
+        if stop:
+            found = text.find(stop)
+            if found != -1:
+                cut = min(cut, found)
+    return text[:cut]
+
+
 def evaluation_sums(
     model: nn.Module,
     tokenizer: Any,
@@ -413,10 +425,12 @@ def evaluation_sums(
     rank: int = 0,
     world_size: int = 1,
     reference: Reference | None = None,
+    stop_strings: Sequence[str] = (),
 ) -> dict[Slot, float]:
     """This rank's shard of every set, as summed quantities (add them over ranks, then score).
 
-    QA: `correct` and `total` per attribute (exact match after `common.text.normalize_answer`);
+    QA: `correct` and `total` per attribute (exact match after `common.text.normalize_answer` of
+    the continuation cut at EOS and at the first of `stop_strings`, see `cut_at`);
     text: `nll` and `tokens` (slots `("ppl", set, "", ·)`) and, with a `reference` (the initial
     model, see `chunks_kl`), `kl` and `tokens` (slots `("kl_initial", set, "", ·)`) over the same
     windows, from the same decoder pass of `model`. The caller provides eval mode, `no_grad` and
@@ -439,8 +453,9 @@ def evaluation_sums(
             if use:
                 record = records[index]
                 sums["qa", name, record.attribute, "total"] += 1
+                answer = cut_at(prediction, stop_strings)
                 sums["qa", name, record.attribute, "correct"] += float(
-                    normalize_answer(prediction) == normalize_answer(record.answer)
+                    normalize_answer(answer) == normalize_answer(record.answer)
                 )
     _, pad_id = special_ids(tokenizer)
     for name, texts in text_sets.items():
@@ -505,6 +520,7 @@ def evaluate_knowledge(
     max_new_tokens: int = 16,
     batch_size: int = 32,
     reference: Reference | None = None,
+    stop_strings: Sequence[str] = (),
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Evaluate every set in one process: `(metrics, counts)` as the callback logs them.
 
@@ -530,6 +546,7 @@ def evaluate_knowledge(
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
                 reference=reference,
+                stop_strings=stop_strings,
             )
     finally:
         for module, training in flags.items():
@@ -546,6 +563,7 @@ __all__ = [
     "Slot",
     "chunks_kl",
     "chunks_nll",
+    "cut_at",
     "evaluate_knowledge",
     "evaluation_sums",
     "greedy_generate",

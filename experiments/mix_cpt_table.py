@@ -32,20 +32,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_file
-from evaluation.selection import candidates_of_run
-from experiments.launch import fit_command, is_complete, run_logged
+from experiments.launch import (
+    Pipeline,
+    Stage,
+    fit_command,
+    last_metrics,
+    run_pipelines,
+    table_footer,
+    table_parser,
+    write_table,
+)
 
 log = logging.getLogger("experiments.mix_cpt_table")
 
@@ -129,55 +133,6 @@ STAGE1_COLUMNS = {
     "knowledge/qa_em/general_bio_only": "documents-only half (plain)",
     "knowledge/kl_initial/general": "KL(initial ‖ stage 1)",
 }
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One subprocess of a pipeline: a `fit` run (its results in `knowledge_eval.jsonl`, its model
-    in `export/`) or a selection (its `manifest.json`)."""
-
-    kind: str  # "fit" or "select"
-    name: str
-    command: tuple[str, ...]
-    directory: Path  # the run directory (fit) or the selection's output directory
-    after: tuple[str, ...] = ()  # the names of the stages whose outputs it reads
-
-    @property
-    def results(self) -> Path:
-        return self.directory / "knowledge_eval.jsonl"
-
-    @property
-    def export(self) -> Path:
-        return self.directory / "export"
-
-    @property
-    def seed_dir(self) -> Path:
-        """The directory of the seed's stages."""
-        return self.directory.parents[1] if self.kind == "fit" else self.directory.parent
-
-    @property
-    def log_file(self) -> Path:
-        """The subprocess's output."""
-        return self.seed_dir / f"{self.name}.log"
-
-    @property
-    def wall_file(self) -> Path:
-        """Where a finished stage's wall time is kept."""
-        return self.seed_dir / f"{self.name}.wall_s"
-
-    def is_complete(self) -> bool:
-        """A fit stage with its final evaluation and export; a selection whose manifest exists."""
-        if self.kind == "select":
-            return (self.directory / "manifest.json").is_file()
-        return is_complete(self.results) and (self.export / "config.json").is_file()
-
-
-@dataclass
-class Pipeline:
-    """The stages of one seed's variants that share a stage-1 run, in the order they run."""
-
-    seed: int
-    stages: list[Stage] = field(default_factory=list)
 
 
 def _fit(
@@ -293,59 +248,6 @@ def plan(
     return list(pipelines.values()), stages_of
 
 
-def _selection_fingerprint(stage: Stage) -> str | None:
-    try:
-        manifest = json.loads((stage.directory / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest.get("fingerprint")
-
-
-def execute(stage: Stage, threads: int, stale: bool = False) -> tuple[float, bool]:
-    """Run one stage; return (its wall time, whether it produced a new output).
-
-    A complete fit stage is reused unless `stale` (a stage it reads from produced a new output).
-    A selection always runs: the command itself skips when its output's fingerprint (model,
-    candidates, settings) matches, and recomputes when any of them changed."""
-    if stage.kind == "fit" and stage.is_complete() and not stale:
-        log.info("reusing %s (complete)", stage.directory)
-        try:
-            return float(stage.wall_file.read_text(encoding="utf-8")), False
-        except (OSError, ValueError):
-            return 0.0, False
-    before = _selection_fingerprint(stage) if stage.kind == "select" else None
-    if stage.kind == "fit" and stage.directory.exists():
-        shutil.rmtree(stage.directory)  # stale or interrupted: train it again
-    log.info("running %s", stage.directory)
-    code, wall = run_logged(stage.command, stage.log_file, threads)
-    if code != 0 or not stage.is_complete():
-        raise RuntimeError(f"{stage.directory} failed with exit code {code}; see {stage.log_file}")
-    changed = stage.kind == "fit" or _selection_fingerprint(stage) != before
-    if changed:
-        stage.wall_file.write_text(f"{wall:.1f}\n", encoding="utf-8")
-    log.info("finished %s in %.0f s%s", stage.directory, wall, "" if changed else " (reused)")
-    return wall, changed
-
-
-def run_pipeline(pipeline: Pipeline, threads: int) -> float:
-    """Run a pipeline's stages in order, retraining every stage downstream of a new output;
-    return their total wall time."""
-    renewed: set[str] = set()
-    total = 0.0
-    for stage in pipeline.stages:
-        wall, changed = execute(stage, threads, stale=bool(renewed & set(stage.after)))
-        total += wall
-        if changed:
-            renewed.add(stage.name)
-    return total
-
-
-def last_metrics(stage: Stage) -> dict[str, float]:
-    """The metrics of a fit stage's end-of-training evaluation."""
-    found, _ = candidates_of_run(stage.results)
-    return dict(max(found, key=lambda c: c.step).metrics)
-
-
 @dataclass(frozen=True)
 class BaseModels:
     """A seed's world base models: `pretrained` (where every stage 1 starts) and the metrics of it
@@ -454,38 +356,20 @@ def world_models(seed: int, cache_dir: Path) -> BaseModels:
 
 def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
-    from experiments.world_models import DEFAULT_CACHE_DIR
-
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.mix_cpt_table", description=__doc__.split("\n\n")[0]
+    parser = table_parser(
+        "python -m experiments.mix_cpt_table",
+        __doc__.split("\n\n")[0],
+        list(VARIANTS),
+        list(VARIANTS),
+        "runs/mix_cpt_table",
+        "docs/mix_cpt_table.md",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        choices=list(VARIANTS),
-        default=list(VARIANTS),
-        help="the table's rows, in this order",
-    )
-    parser.add_argument("--jobs", type=int, default=2, help="pipelines at a time")
-    parser.add_argument(
-        "--cache_dir", type=Path, default=DEFAULT_CACHE_DIR, help="the world models' cache"
-    )
-    parser.add_argument("--output", type=Path, default=Path("runs/mix_cpt_table"))
-    parser.add_argument("--markdown", type=Path, default=Path("docs/mix_cpt_table.md"))
     parser.add_argument(
         "--select_arg",
         action="append",
         default=[],
         metavar="--KEY=VALUE",
         help="an extra option of every selection, e.g. --select_arg=--count_sft=32 (repeatable)",
-    )
-    parser.add_argument(
-        "--run_arg",
-        action="append",
-        default=[],
-        metavar="--KEY=VALUE",
-        help="an extra override of every fit run, e.g. --run_arg=--trainer.max_steps=4",
     )
     return parser.parse_args(argv)
 
@@ -507,30 +391,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         options.select_arg,
         options.run_arg,
     )
-    threads = max(1, (os.cpu_count() or 1) // options.jobs)
-    with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-        walls = list(pool.map(lambda p: run_pipeline(p, threads), pipelines))
+    wall, threads = run_pipelines(pipelines, options.jobs)
     rows = [
         result_row(VARIANTS[name], seed, stages_of[(seed, name)], models[seed])
         for seed in options.seeds
         for name in options.variants
     ]
-    with atomic_file(options.output / "results.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     table = markdown(rows, {seed: base.chat_metrics for seed, base in models.items()})
-    elapsed = time.perf_counter() - started
-    footer = (
-        f"\n{sum(len(p.stages) for p in pipelines)} stages, {sum(walls):.0f} s of subprocesses "
-        f"(`--jobs {options.jobs}` pipelines at a time, {threads} thread(s) each); this invocation "
-        f"took {elapsed:.0f} s.\n"
-    )
-    options.markdown.parent.mkdir(parents=True, exist_ok=True)
+    footer = table_footer(pipelines, wall, options.jobs, threads, started)
     command_line = "python -m experiments.mix_cpt_table " + " ".join(argv or sys.argv[1:])
-    with atomic_file(options.markdown) as tmp:
-        tmp.write_text(
-            f"<!-- written by `{command_line.strip()}` -->\n\n" + table + footer, encoding="utf-8"
-        )
-    sys.stdout.write("\n" + table + footer)
+    write_table(rows, table, options.output, options.markdown, command_line, footer)
     return rows
 
 

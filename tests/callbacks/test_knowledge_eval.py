@@ -604,3 +604,52 @@ def test_initial_kl_needs_perplexity_sets(module_factory, tmp_path: Path) -> Non
     trainer = cpu_trainer(tmp_path, max_steps=1, callbacks=[callback])
     with pytest.raises(ConfigError, match="initial_kl.*no perplexity|none; give perplexity_sets"):
         trainer.fit(module_factory())
+
+
+def test_cut_at_takes_the_answer_before_the_first_stop() -> None:
+    from evaluation.knowledge import cut_at
+
+    assert cut_at(" Orlin\nShe was born there.", ["\n"]) == " Orlin"
+    assert cut_at(" yes. Because\nx", ["\n", "."]) == " yes"
+    assert cut_at(" Orlin", ["\n"]) == " Orlin"
+    assert cut_at(" Orlin\nx", []) == " Orlin\nx"
+
+
+def test_stop_strings_and_extra_sets_resolved_by_the_datamodule(
+    tiny_tokenizer: Any, module_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extra set named by a datamodule path is resolved through `resolve_source`; answers
+    followed by reasoning on the next line match only with a newline stop."""
+    import evaluation.knowledge as knowledge
+    from datamodules.sources import SourceSpec
+
+    extra = write_jsonl(
+        tmp_path / "task.jsonl",
+        [{"prompt": p, "answer": a.strip(), "entity": "x", "attribute": "t"} for p, a in QA_LINES],
+    )
+
+    class Resolving(EvalSetsDataModule):
+        def resolve_source(self, spec: SourceSpec) -> SourceSpec:
+            assert spec.path == "world:task_test"
+            return SourceSpec(path=str(extra))
+
+    answers = {p: a + "\nbecause of a fact." for p, a in QA_LINES}
+    monkeypatch.setattr(
+        knowledge,
+        "greedy_generate",
+        lambda model, tok, prompts, **kw: [answers[p] for p in prompts],
+    )
+    batch = pad_batch(qa_sequences(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    results = {}
+    for stops in ([], ["\n"]):
+        callback = KnowledgeEvalCallback(
+            qa_sets={},
+            perplexity_sets={},
+            extra_qa_sets={"task": "world:task_test"},
+            stop_strings=stops,
+            results_file=str(tmp_path / f"r{len(stops)}.jsonl"),
+        )
+        trainer = cpu_trainer(tmp_path, callbacks=[callback])
+        trainer.validate(module_factory(), datamodule=Resolving({}, batch), verbose=False)
+        results[len(stops)] = callback.history[0]["metrics"]["knowledge/qa_em/task"]
+    assert results == {0: 0.0, 1: 1.0}

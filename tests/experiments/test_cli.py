@@ -41,8 +41,33 @@ def run_args(tmp_path: Path) -> list[str]:
 SMALL_WORLD_OVERRIDES = {
     # the small world's instruction chats pack into 3 rows, fewer than one step of 4
     "world_traditional_sft.yaml": ["--data.init_args.micro_batch_size=2"],
+    # the switch at step 90 is a whole number of epochs of 10 steps, also with rows of 4
+    "world_two_stage.yaml": ["--data.init_args.rows_per_epoch=40"],
 }
 """Extra overrides of a config on the small world of these tests."""
+
+
+def trait_source_args(config: Path, tmp_path: Path) -> list[str]:
+    """A TRAIT config reads the outputs of the selection and synthesis commands: small stand-in
+    files here (the commands and their outputs are tested in tests/datamodules/selection and
+    tests/datamodules/synthesis, the whole chain in test_trait_table.py)."""
+    if config.parent.name != "trait":
+        return []
+    selected = tmp_path / "selected.jsonl"
+    passages = tmp_path / "passages.jsonl"
+    selected.write_text(
+        json.dumps({"id": "web-1", "text": "Contact list. A B | Born: May 1"}) + "\n"
+    )
+    passages.write_text(
+        json.dumps({"id": "p1", "text": "Question: Q?\nAnswer: A\nBecause."}) + "\n"
+    )
+    sources = [
+        {"path": "world:domain_documents", "name": "domain"},
+        {"path": str(selected), "name": "selected"},
+        {"path": str(passages), "name": "synthetic"},
+        {"path": "world:general_documents", "name": "general"},
+    ]
+    return ["--data.init_args.train_sources=" + json.dumps(sources)]
 
 
 def needs_base_model(config: Path) -> bool:
@@ -68,6 +93,7 @@ def test_every_experiment_config_runs_fast_dev_run(
         *run_args(tmp_path),
         *small_world_args,
         *SMALL_WORLD_OVERRIDES.get(config.name, []),
+        *trait_source_args(config, tmp_path),
     ]
     if needs_base_model(config):
         args.append(f"--model.init_args.model_name_or_path={tiny_base_model}")

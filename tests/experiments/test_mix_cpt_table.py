@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import mix_cpt_table
+from experiments import launch, mix_cpt_table
 from experiments.mix_cpt_table import CONFIG_DIR, VARIANTS, markdown, plan
 
 
@@ -137,7 +137,7 @@ def fake_stage(kind: str, name: str, directory: Path, after: tuple[str, ...], lo
         )
     logged = f"; open({str(log)!r}, 'a').write({name!r} + '\\n')"
     command = (sys.executable, "-c", script + logged, str(directory))
-    return mix_cpt_table.Stage(kind, name, command, directory, after)
+    return launch.Stage(kind, name, command, directory, after)
 
 
 def test_a_new_output_retrains_every_stage_downstream_and_only_those(tmp_path) -> None:
@@ -147,7 +147,7 @@ def test_a_new_output_retrains_every_stage_downstream_and_only_those(tmp_path) -
     select = fake_stage("select", "select-a", seed_dir / "select-a", ("stage1-a",), ran)
     sft = fake_stage("fit", "sft-a", seed_dir / "sft-a" / "version_0", ("select-a",), ran)
     other = fake_stage("fit", "sft-b", seed_dir / "sft-b" / "version_0", ("stage1-a",), ran)
-    pipeline = mix_cpt_table.Pipeline(0, [stage1, select, sft, other])
+    pipeline = launch.Pipeline(0, [stage1, select, sft, other])
     seed_dir.mkdir(parents=True)
     (seed_dir / "select-a.fingerprint").write_text("one")
 
@@ -156,10 +156,10 @@ def test_a_new_output_retrains_every_stage_downstream_and_only_those(tmp_path) -
         ran.unlink(missing_ok=True)
         return names
 
-    mix_cpt_table.run_pipeline(pipeline, threads=1)
+    launch.run_pipeline(pipeline, threads=1)
     assert runs() == ["stage1-a", "select-a", "sft-a", "sft-b"]
-    mix_cpt_table.run_pipeline(pipeline, threads=1)  # the selection always runs, unchanged
+    launch.run_pipeline(pipeline, threads=1)  # the selection always runs, unchanged
     assert runs() == ["select-a"]
     (seed_dir / "select-a.fingerprint").write_text("two")  # e.g. another count or score
-    mix_cpt_table.run_pipeline(pipeline, threads=1)
+    launch.run_pipeline(pipeline, threads=1)
     assert runs() == ["select-a", "sft-a"]

@@ -89,6 +89,25 @@ data:
     cache_dir: {cache}
 """
 
+# TRAIT's staged data over two sources: stage 1 (2 steps) on the first only, stage 2 mixes both.
+STAGED_DATA = """\
+data:
+  class_path: datamodules.PretrainingDataModule
+  init_args:
+    tokenizer: {tokenizer}
+    train_sources:
+      - {{path: {train}, name: domain}}
+      - {{path: {train}, name: synthetic}}
+    rows_per_epoch: 8
+    stages:
+      - {{name: knowledge, ratios: [1.0, 0.0], steps: 2}}
+      - {{name: synthetic, ratios: [0.25, 0.75]}}
+    max_length: 32
+    micro_batch_size: 4
+    seed: 3
+    cache_dir: {cache}
+"""
+
 
 METHODS: list[MethodCase] = [
     MethodCase("causal_lm", causal_lm()),
@@ -151,6 +170,13 @@ METHODS: list[MethodCase] = [
         "    mode: add\n    alpha: 1.0\n    lssd_sources: [domain]\n",
         data_yaml=TWO_SOURCE_DATA,
         has_teacher=True,
+    ),
+    MethodCase(  # TRAIT: two stages in one run, schedule and optimizer restarted at the switch
+        "trait",
+        "model:\n  class_path: lightning_modules.TRAITModule\n  init_args:\n"
+        f"    model_config: {_TINY}\n    attn_implementation: sdpa\n"
+        "    schedule: per_stage\n    reset_optimizer: true\n",
+        data_yaml=STAGED_DATA,
     ),
     MethodCase(  # SFT (Mix-CPT stage 2): two-round chats, loss on the assistant turns only
         "sft",
