@@ -8,8 +8,8 @@ from lightning_modules.mix_cpt import MixCPTModule
 from lightning_modules.modeling import LoraSettings, ModelSource
 from lightning_modules.schedulers import WarmupCosineLR
 from lightning_modules.talr import TALRModule
-from lightning_modules.trait import TRAITModule
 from lightning_modules.teacher import Teacher, TeacherSettings
+from lightning_modules.trait import TRAITModule
 
 __all__ = [
     "CausalLMModule",

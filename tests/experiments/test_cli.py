@@ -17,7 +17,11 @@ from experiments.cli import CONFIG_FILENAME, build_cli, main
 from tests.experiments.conftest import CONFIG_DIR, REPO
 
 FRAGMENT_DIRS = ("model", "data", "callbacks", "trainer", "world")  # composed by experiments
-NON_TRAINER_DIRS = ("format_alignment",)  # configs of other commands (tested with them)
+NON_TRAINER_DIRS = (
+    "format_alignment",
+    "selection",
+    "synthesis",
+)  # configs of other commands (tested with them)
 EXPERIMENT_CONFIGS = sorted(
     p
     for p in CONFIG_DIR.rglob("*.yaml")

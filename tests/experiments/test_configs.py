@@ -13,7 +13,11 @@ from experiments.include import load_yaml
 from tests.experiments.conftest import CONFIG_DIR, REPO
 
 FRAGMENT_DIRS = ("model", "data", "callbacks", "trainer", "world")
-NON_TRAINER_DIRS = ("format_alignment",)  # configs of commands other than `python -m experiments`
+NON_TRAINER_DIRS = (
+    "format_alignment",
+    "selection",
+    "synthesis",
+)  # configs of commands other than `python -m experiments`
 EXPERIMENTS = sorted(
     p
     for p in CONFIG_DIR.rglob("*.yaml")
