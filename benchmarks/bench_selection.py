@@ -36,6 +36,12 @@ twice: cold (the first pool of each engine starts its forkserver, which imports 
 through `datamodules`, torch: seconds) and warm (forking the workers, building the scorer in each,
 the files): the warm time is a run's overhead besides its documents. The timed rounds run warm.
 
+**CPU.** Each shard's done file records its process's CPU seconds; the report gives, per 2-process
+run, the slowest shard's and the total: the projection "on free cores" is `W1 / (O2 + slowest
+shard's CPU)`, what the ratio would be were both cores ours (on a shared machine they are not:
+see the load average), and `CPU of 2 ÷ 1` the work the split adds (every shard reads and parses
+the whole corpus to know the positions: `datamodules.selection.corpus`).
+
 **Expectation** (printed beside each ratio, docs/s of 2 processes ÷ 1): at most `min(2, cores)`;
 with `W1` the 1-process wall time and `O1`, `O2` the warm overheads of the 1- and 2-process
 variants, the ideal split of the work gives `W1 / (O2 + (W1 - O1) / 2)`. A ratio is `met` when it lies in `[0.75 × expectation, min(2, cores) + 0.05]`.
@@ -131,10 +137,15 @@ def write_corpus(records: list[dict[str, Any]], repeat: int, path: Path) -> int:
 class Runs:
     times: list[float] = field(default_factory=list)
     same_scores: list[bool] = field(default_factory=list)
+    shard_cpu: list[list[float]] = field(default_factory=list)
+    """Per run, the CPU seconds of each shard / task (from the manifest)."""
 
     def summary(self, documents: int) -> dict[str, Any]:
         median, best = statistics.median(self.times), min(self.times)
         return {
+            "shard_cpu_s": self.shard_cpu,
+            "median_max_shard_cpu_s": statistics.median(max(c) for c in self.shard_cpu),
+            "median_total_cpu_s": statistics.median(sum(c) for c in self.shard_cpu),
             "times": self.times,
             "median": median,
             "best": best,
@@ -181,6 +192,12 @@ def ratio_check(
         "ceiling": expect["ceiling"],
     }
     check["ok"] = 0.75 * check["expectation"] <= check["median"] <= check["ceiling"] + 0.05
+    # Were the cores free, the 2-process run would take its overhead plus its slowest shard's
+    # CPU time; and the two shards together cost this much more CPU than the one (each reads
+    # the whole corpus to know the positions).
+    free = overhead[two] + timing[two]["median_max_shard_cpu_s"]
+    check["projected_free_cores"] = timing[one]["median"] / free
+    check["cpu_2_vs_1"] = timing[two]["median_total_cpu_s"] / timing[one]["median_total_cpu_s"]
     return check
 
 
@@ -215,7 +232,9 @@ def report_text(report: dict[str, Any]) -> str:
         lines.append(
             f"- {two} ÷ {one} (docs/s): median {c['median']:.2f}, best {c['best']:.2f} "
             f"(expectation ≤ {c['ceiling']:.0f}× on {report['environment']['cores']} cores; "
-            f"{c['expectation']:.2f} with the measured start-up) → {H.verdict(c['ok'])}"
+            f"{c['expectation']:.2f} with the measured start-up) → {H.verdict(c['ok'])}; "
+            f"from the shards' CPU times, on free cores: {c['projected_free_cores']:.2f}; "
+            f"CPU of 2 ÷ 1: {c['cpu_2_vs_1']:.2f}"
         )
     lines.append(
         f"- scores of every run equal the in-process reference → "
@@ -327,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[v].times.append(time.perf_counter() - t0)
                 got_ids, got = read_scores(scores_path)
                 runs[v].same_scores.append(got_ids == ids and bool(np.array_equal(got, reference)))
+                manifest = json.loads((out / "scores_manifest.json").read_text(encoding="utf-8"))
+                runs[v].shard_cpu.append([shard["cpu_s"] for shard in manifest["shards"]])
                 shutil.rmtree(out, ignore_errors=True)
             log(
                 f"round {round_ + 1}/{args.repeats}: "

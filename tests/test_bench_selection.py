@@ -45,10 +45,12 @@ def test_a_quick_run_writes_the_report(tmp_path) -> None:
         assert len(timing["times"]) == 1 and timing["best"] <= timing["median"]
         assert timing["median_docs_per_s"] == pytest.approx(400 / timing["median"])
         assert timing["same_scores"], variant
+        assert len(timing["shard_cpu_s"][0]) == int(variant[-1])  # one entry per shard / task
     checks = report["checks"]
     assert set(checks) == {"sharded_2_vs_1", "datatrove_2_vs_1", "same_scores"}
     for name in ("sharded_2_vs_1", "datatrove_2_vs_1"):
         assert {"median", "best", "expectation", "ceiling", "ok"} <= set(checks[name])
+        assert checks[name]["projected_free_cores"] > 0 and checks[name]["cpu_2_vs_1"] > 0
         assert 0 < checks[name]["expectation"] <= checks[name]["ceiling"] <= 2
     assert checks["same_scores"]["ok"]
     text = out.with_suffix(".md").read_text()

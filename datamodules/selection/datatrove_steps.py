@@ -158,7 +158,8 @@ class ScoreFilter(BaseFilter):
             None: computed in the worker from the scorer alone.
         stats_key: `CorpusReader.stats_key` of the pipeline's reader (its counts go into the done
             file), or None.
-        threads: torch threads in the worker (None: `OMP_NUM_THREADS`, else torch's default).
+        threads: torch threads in the worker (None: `OMP_NUM_THREADS`, else torch's default;
+            `run_datatrove` gives 1 per local worker, `cpus_per_task` per SLURM task).
         scorer_factory: a picklable `ScorerSpec -> DocumentScorer` instead of `build_scorer`.
         exclusion_writer: a datatrove writer for the dropped documents.
     """
@@ -241,7 +242,7 @@ class ScoreFilter(BaseFilter):
         with _shard_errors(rank, world_size):
             base = self.fingerprint or fingerprint_base_without_corpus(self)
             clear_done(output_dir, rank, world_size)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             target = shard_path(output_dir, rank, world_size)
             with atomic_file(target) as tmp, tmp.open("w", encoding="utf-8") as out:
                 self._out = out
@@ -259,6 +260,7 @@ class ScoreFilter(BaseFilter):
                 skipped=int(stats.skipped) if stats is not None else 0,
                 problems=[str(p) for p in stats.problems] if stats is not None else [],
                 wall_s=time.perf_counter() - started,
+                cpu_s=time.process_time() - cpu_started,
                 bytes=target.stat().st_size,
                 token=uuid.uuid4().hex,
                 kept=kept,
@@ -526,7 +528,12 @@ def run_datatrove(
     """
     output_dir = Path(output_dir)
     logging_dir = Path(logging_dir) if logging_dir is not None else output_dir / LOGS_DIR
-    threads = None if "OMP_NUM_THREADS" in os.environ or workers == 1 else 1
+    if "OMP_NUM_THREADS" in os.environ:
+        threads = None  # the user's
+    elif executor == "slurm":
+        threads = (slurm or SlurmOptions()).cpus_per_task  # each task owns its CPUs
+    else:
+        threads = None if workers == 1 else 1
     pipeline = build_pipeline(
         corpus,
         scorer,
@@ -549,13 +556,14 @@ def run_datatrove(
     )
     base = pipeline[1].fingerprint
     kept_dir = output_dir / KEPT_DIR if write_kept else None
-    reconcile_completions(output_dir, logging_dir, tasks, base, write_kept)
     result = DatatroveRun(None, kept_dir, logging_dir, built, pipeline)
+    if executor == "slurm" and not submit:
+        return result  # built only: nothing written
+    reconcile_completions(output_dir, logging_dir, tasks, base, write_kept)
     if executor == "slurm":
-        if submit:
-            built.run()
-            result.job_id = None if built.job_id is None else str(built.job_id)
-            log.info("submitted SLURM job %s (%d tasks)", result.job_id, tasks)
+        built.run()  # writes the pickled executor and the sbatch script, calls sbatch
+        result.job_id = None if built.job_id is None else str(built.job_id)
+        log.info("submitted SLURM job %s (%d tasks)", result.job_id, tasks)
         return result
     started = time.perf_counter()
     with worker_environment() if built.workers > 1 else contextlib.nullcontext():

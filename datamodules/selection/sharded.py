@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from common.atomic import atomic_file
-from common.errors import AdaptLMError, ConfigError
+from common.errors import AdaptLMError, ConfigError, DataError
 from datamodules.selection.corpus import WORLD_SCHEME, CorpusSpec, CorpusStats, iter_corpus
 from datamodules.selection.scorers import DocumentScorer, ScorerSpec, build_scorer
 
@@ -123,6 +123,8 @@ class ShardResult:
     skipped: int
     problems: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    cpu_s: float = 0.0
+    """CPU seconds of the process while it scored the shard (reading and writing included)."""
     bytes: int = 0
     token: str = ""
     reused: bool = False
@@ -228,6 +230,7 @@ def read_done(
         skipped=int(record["skipped"]),
         problems=list(record.get("problems", [])),
         wall_s=float(record["wall_s"]),
+        cpu_s=float(record.get("cpu_s", 0.0)),
         bytes=size,
         token=str(record.get("token", "")),
         reused=True,
@@ -250,6 +253,7 @@ def write_done(output_dir: str | Path, result: ShardResult, base: dict[str, Any]
         "skipped": result.skipped,
         "problems": result.problems[:MAX_PROBLEMS],
         "wall_s": result.wall_s,
+        "cpu_s": result.cpu_s,
         "docs_per_s": None if math.isnan(result.docs_per_s) else result.docs_per_s,
         "bytes": result.bytes,
         "token": result.token,
@@ -303,7 +307,8 @@ def new_stats() -> CorpusStats:
 
 def check_corpus(corpus: CorpusSpec, key: str = "corpus") -> None:
     """`ConfigError` for a corpus spec that cannot be read as it is (before any process starts):
-    bad settings, or a `world:<split>` path not yet resolved (`corpus.resolve_corpus`)."""
+    bad settings, or a `world:<split>` path not yet resolved (`corpus.resolve_corpus`);
+    `DataError` for a corpus file or directory that does not exist."""
     corpus.validate(key)
     if corpus.path.startswith(WORLD_SCHEME):
         raise ConfigError(
@@ -311,6 +316,9 @@ def check_corpus(corpus: CorpusSpec, key: str = "corpus") -> None:
             f"{corpus.path!r} names a world split: resolve it first (corpus.resolve_corpus), "
             "or run `python -m datamodules.selection score`",
         )
+    local = corpus.format != "hf" and not any(c in corpus.path for c in "*?[")
+    if local and not Path(corpus.path).expanduser().exists():
+        raise DataError(corpus.path, "no such file or directory (corpus.path)")
 
 
 def score_shard(
@@ -332,7 +340,7 @@ def score_shard(
     clear_done(output_dir, shard_index, num_shards)
     stats = new_stats()
     documents = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     bar = tqdm(
         desc=f"scoring shard {shard_index}/{num_shards}",
         unit="doc",
@@ -357,6 +365,7 @@ def score_shard(
         skipped=int(stats.skipped),
         problems=[str(p) for p in stats.problems],
         wall_s=wall,
+        cpu_s=time.process_time() - cpu_started,
         bytes=target.stat().st_size,
         token=uuid.uuid4().hex,
     )
@@ -454,6 +463,7 @@ def merge_shards(
                 "read": r.read,
                 "skipped": r.skipped,
                 "wall_s": r.wall_s,
+                "cpu_s": r.cpu_s,
                 "docs_per_s": _finite(r.docs_per_s),
                 "kept": r.kept,
             }
@@ -461,6 +471,7 @@ def merge_shards(
         ],
         "shard_tokens": tokens,
         "scoring_wall_s": wall_total,
+        "scoring_cpu_s": sum(r.cpu_s for r in done),
         "docs_per_s_per_process": _finite(total / wall_total) if wall_total > 0 else None,
         "run": run or {},
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

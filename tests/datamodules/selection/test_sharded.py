@@ -279,6 +279,15 @@ def test_bad_sharding_arguments_are_config_errors(corpus, tmp_path, kwargs, key)
     assert not (tmp_path / "out").exists()
 
 
+def test_a_missing_or_unresolved_corpus_fails_before_anything_starts(tmp_path) -> None:
+    missing = CorpusSpec(path=str(tmp_path / "nope.jsonl"))
+    with pytest.raises(DataError, match=r"nope\.jsonl: no such file or directory"):
+        run(missing, tmp_path / "out", num_shards=2, processes=2)
+    with pytest.raises(ConfigError, match="config key 'corpus.path'.*world split"):
+        run(CorpusSpec(path="world:web_corpus"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_command_line(corpus, tmp_path, monkeypatch, capsys, caplog) -> None:
     out = tmp_path / "out"
     monkeypatch.setattr(S, "build_scorer", make_scorer)
