@@ -84,8 +84,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import re
 import string
 import sys
 import time
@@ -1277,53 +1275,24 @@ def build_parser() -> Any:
     return parser
 
 
-_PARSER_KEY = re.compile(r'^Parser key "(?P<key>[^"]+)":\s*(?P<message>.*)$')
-
-
 def parse_config(argv: Sequence[str] | None = None) -> tuple[FormatAlignmentConfig, bool]:
     """`(config, force)` from the command line; an unknown or ill-typed option is a `ConfigError`."""
-    from jsonargparse import ArgumentError
+    from experiments.config_errors import parse_arguments
 
-    from common.errors import find_user_error
-    from experiments.config_errors import unknown_key_error
-
-    parser = build_parser()
-    try:
-        namespace = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-        init = instantiate(namespace)
-    except ArgumentError as error:
-        user = find_user_error(error) or unknown_key_error(str(error), parser)
-        if user is not None:
-            raise user from None
-        text = " ".join(str(error).split())
-        typed = _PARSER_KEY.match(text)  # `Parser key "count_sft": Expected a <class 'int'>. ...`
-        if typed:
-            raise ConfigError(typed["key"], typed["message"]) from None
-        raise ConfigError("command line", text) from None
+    init = parse_arguments(build_parser(), argv)
     values = {k: init[k] for k in FormatAlignmentConfig.__dataclass_fields__ if k in init}
     return FormatAlignmentConfig(**values), bool(init.get("force"))
 
 
 def main(argv: Sequence[str] | None = None) -> FormatAlignmentResult | None:
     """Entry point: user errors (bad data, bad config values) log one line and exit with status 2."""
-    from common.errors import find_user_error
+    from experiments.config_errors import run_main
 
-    logging.basicConfig(
-        level=os.environ.get("ADAPTLM_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
+    def run() -> FormatAlignmentResult | None:
         config, force = parse_config(argv)
         return run_format_alignment(config, force=force)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        log.error(
-            "%s (run `python -m datamodules.format_alignment --help` for every option)", user_error
-        )
-        sys.exit(2)
+
+    return run_main("datamodules.format_alignment", run, log)
 
 
 __all__ = [

@@ -14,11 +14,13 @@ import importlib
 import logging
 import re
 import sys
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 
 from common.errors import ConfigError
 
 log = logging.getLogger("experiments")
+T = TypeVar("T")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -107,3 +109,50 @@ def unknown_key_error(text: str, parser: Any | None = None) -> ConfigError | Non
         elif class_path:
             stack.append((indent, "init_args", class_path.group(1)))
     return None
+
+
+_TYPED_KEY = re.compile(r'^Parser key "(?P<key>[^"]+)":\s*(?P<message>.*)$')
+
+
+def parse_arguments(parser: Any, argv: Sequence[str] | None) -> Any:
+    """Parse and instantiate `argv` (default `sys.argv[1:]`) with a jsonargparse `parser` of a data
+    command (`--config` files and options); an unknown or ill-typed option becomes a one-line
+    `ConfigError` naming the key, a user error raised while instantiating is re-raised as is."""
+    from jsonargparse import ArgumentError
+
+    from common.errors import find_user_error
+
+    try:
+        namespace = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+        return instantiate(namespace)
+    except ArgumentError as error:
+        user = find_user_error(error) or unknown_key_error(str(error), parser)
+        if user is not None:
+            raise user from None
+        text = " ".join(str(error).split())
+        typed = _TYPED_KEY.match(text)  # `Parser key "count_sft": Expected a <class 'int'>. ...`
+        if typed:
+            raise ConfigError(typed["key"], typed["message"]) from None
+        raise ConfigError("command line", text) from None
+
+
+def run_main(prog: str, run: Callable[[], T], logger: logging.Logger) -> T:
+    """Run a data command's `run()` with logging set up; a user error (bad data, bad config values)
+    logs one line naming `python -m <prog> --help` and exits with status 2."""
+    import os
+
+    from common.errors import find_user_error
+
+    logging.basicConfig(
+        level=os.environ.get("ADAPTLM_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return run()
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        logger.error("%s (run `python -m %s --help` for every option)", user_error, prog)
+        sys.exit(2)

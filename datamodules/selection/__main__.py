@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -109,16 +107,10 @@ def build_parser(command: str) -> Any:
     return parser
 
 
-_PARSER_KEY = re.compile(r'^Parser key "(?P<key>[^"]+)":\s*(?P<message>.*)$')
-
-
 def parse_config(argv: Sequence[str]) -> tuple[str, SelectionConfig, dict[str, Any]]:
     """`(command, config, options)` from the command line; an unknown command or option, or an
     ill-typed value, is a `ConfigError`."""
-    from jsonargparse import ArgumentError
-
-    from common.errors import find_user_error
-    from experiments.config_errors import unknown_key_error
+    from experiments.config_errors import parse_arguments
 
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -126,20 +118,7 @@ def parse_config(argv: Sequence[str]) -> tuple[str, SelectionConfig, dict[str, A
         print(f"usage: {PROG} <command> [--config FILE] [options]\n\ncommands:\n{usage}")
         raise SystemExit(0)
     command = argv[0]
-    parser = build_parser(command)
-    try:
-        namespace = parser.parse_args(argv[1:])
-        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-        init = instantiate(namespace)
-    except ArgumentError as error:
-        user = find_user_error(error) or unknown_key_error(str(error), parser)
-        if user is not None:
-            raise user from None
-        text = " ".join(str(error).split())
-        typed = _PARSER_KEY.match(text)
-        if typed:
-            raise ConfigError(typed["key"], typed["message"]) from None
-        raise ConfigError("command line", text) from None
+    init = parse_arguments(build_parser(command), argv[1:])
     names = SelectionConfig.__dataclass_fields__
     config = SelectionConfig(**{k: init[k] for k in names if k in init})
     extra = (
@@ -209,23 +188,16 @@ def run_command(command: str, config: SelectionConfig, options: dict[str, Any]) 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point: a user error logs one line and exits with status 2."""
-    from common.errors import find_user_error
+    from experiments.config_errors import run_main
 
-    logging.basicConfig(
-        level=os.environ.get("ADAPTLM_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def run() -> dict[str, Any]:
         command, config, options = parse_config(argv)
-        summary = run_command(command, config, options)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        command = argv[0] if argv else "<command>"
-        log.error("%s (run `%s %s --help` for every option)", user_error, PROG, command)
-        sys.exit(2)
+        return run_command(command, config, options)
+
+    prog = f"{PROG.removeprefix('python -m ')} {argv[0] if argv else '<command>'}"
+    summary = run_main(prog, run, log)
     print(json.dumps(summary, indent=1, default=str))
     return summary
 

@@ -44,7 +44,6 @@ import logging
 import math
 import multiprocessing
 import os
-import re
 import socket
 import sys
 import time
@@ -833,10 +832,6 @@ class ScoreCommand:
     """tqdm progress bars (on a terminal only)."""
 
 
-_PARSER_KEY = re.compile(r'^Parser key "(?P<key>[^"]+)":\s*(?P<message>.*)$')
-_UNKNOWN = re.compile(r"unrecognized arguments: --(?P<key>[^\s=]+)")
-
-
 def build_parser(command: type, prog: str, description: str) -> Any:
     """A jsonargparse parser of the dataclass `command` (its fields' docstrings are the help),
     with `--config` YAML files."""
@@ -851,49 +846,20 @@ def build_parser(command: type, prog: str, description: str) -> Any:
 
 
 def parse_command(command: type, parser: Any, argv: Sequence[str] | None) -> Any:
-    """`command` from the command line; an unknown or ill-typed option is a `ConfigError`."""
-    from jsonargparse import ArgumentError
+    """`command` (a dataclass) from the command line; an unknown or ill-typed option is a
+    `ConfigError`."""
+    from experiments.config_errors import parse_arguments
 
-    from common.errors import find_user_error
-
-    try:
-        namespace = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-        init = instantiate(namespace)
-    except ArgumentError as error:
-        user = find_user_error(error)
-        if user is not None:
-            raise user from None
-        text = " ".join(str(error).split())
-        typed = _PARSER_KEY.match(text)
-        if typed:
-            raise ConfigError(typed["key"], typed["message"]) from None
-        unknown = _UNKNOWN.search(text)
-        if unknown:
-            raise ConfigError(
-                unknown["key"], "unknown option (see --help for the options)"
-            ) from None
-        raise ConfigError("command line", text) from None
+    init = parse_arguments(parser, argv)
     values = {k: init[k] for k in command.__dataclass_fields__ if k in init}
     return command(**values)
 
 
 def run_main(prog: str, run: Callable[[], Any], logger: logging.Logger) -> Any:
-    """Run `run()` with logging set up; a user error logs one line and exits with status 2."""
-    from common.errors import find_user_error
+    """`experiments.config_errors.run_main`: logging set up, a user error one line and status 2."""
+    from experiments.config_errors import run_main as _run_main
 
-    logging.basicConfig(
-        level=os.environ.get("ADAPTLM_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return run()
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        logger.error("%s (run `python -m %s --help` for every option)", user_error, prog)
-        sys.exit(2)
+    return _run_main(prog, run, logger)
 
 
 def slurm_shard_index(value: str | int | None) -> int | None:
