@@ -12,6 +12,8 @@ each perplexity set.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -23,6 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
 from callbacks._common import eval_mode, get_model, get_tokenizer, run_dir, strategy_kind
+from common.atomic import atomic_file
 from common.errors import ConfigError
 from evaluation.knowledge import (
     QARecord,
@@ -38,6 +41,9 @@ from lightning_modules.modeling import unwrap
 from lightning_modules.teacher import Teacher
 
 log = logging.getLogger(__name__)
+
+INITIAL_CACHE_VERSION = 1
+"""Bumped when the figures of an evaluation change meaning: older `initial_cache_dir` entries miss."""
 
 ReferenceSource = Literal["teacher", "adapters_disabled", "copy"]
 """How `initial_kl`'s initial model was obtained (the cases (1)-(3) of `KnowledgeEvalCallback`)."""
@@ -105,6 +111,13 @@ class KnowledgeEvalCallback(Callback):
         stop_strings: Cut every generated answer at the first of these strings before exact
             match, as well as at EOS (e.g. `["\n"]`: the answer line of a model that goes on
             with its reasoning after `Answer: ...`). Default: EOS only.
+        initial_cache_dir: Reuse the "before" evaluation of identical initial weights: a
+            directory of `<key>.json` files, the key a digest of the model's parameters and
+            buffers, its tokenizer, the evaluation sets' contents and every setting that can
+            change a figure (generation length, batch size, stop strings, window length, world
+            size, thread count, dtype, device type, torch version; `initial_eval_key`). The runs
+            of a learning-rate grid, or several methods started from one model, evaluate it once;
+            a reused row says so (`reused` in the results file). None evaluates every time.
     """
 
     def __init__(
@@ -123,6 +136,7 @@ class KnowledgeEvalCallback(Callback):
         initial_kl: bool = False,
         extra_qa_sets: dict[str, str] | None = None,
         stop_strings: list[str] | None = None,
+        initial_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         for key, value, minimum in (
@@ -151,6 +165,7 @@ class KnowledgeEvalCallback(Callback):
         self.initial_kl = initial_kl
         self.extra_qa_sets = dict(extra_qa_sets or {})
         self.stop_strings = list(stop_strings or [])
+        self.initial_cache_dir = Path(initial_cache_dir) if initial_cache_dir else None
         self.history: list[dict[str, Any]] = []
         # The initial model for `initial_kl` (a Teacher view; not a module attribute of pl_module)
         # and how it was obtained (saved with the callback state, see `load_state_dict`).
@@ -351,15 +366,19 @@ class KnowledgeEvalCallback(Callback):
         metrics: dict[str, float],
         counts: dict[str, int],
         via_module_log: bool,
+        reused: Path | None = None,
     ) -> None:
-        """Keep, log and (on global rank 0) append one evaluation to the results file."""
-        entry = {
+        """Keep, log and (on global rank 0) append one evaluation to the results file; `reused`:
+        the cache file the figures came from (`initial_cache_dir`)."""
+        entry: dict[str, Any] = {
             "stage": stage,
             "step": trainer.global_step,
             "epoch": trainer.current_epoch,
             "metrics": metrics,
             "counts": counts,
         }
+        if reused is not None:
+            entry["reused"] = str(reused)
         self.history.append(entry)
         if via_module_log:
             for key, value in metrics.items():
@@ -378,7 +397,81 @@ class KnowledgeEvalCallback(Callback):
             for k, v in metrics.items()
             if k.count("/") == 2
         )
-        log.info("knowledge eval (%s, step %d): %s", stage, trainer.global_step, summary)
+        origin = f" (reused from {reused})" if reused is not None else ""
+        log.info("knowledge eval (%s, step %d)%s: %s", stage, trainer.global_step, origin, summary)
+
+    def initial_eval_key(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+        """The `initial_cache_dir` key of the "before" evaluation of the model as it is now."""
+        from datamodules.store import tokenizer_fingerprint
+
+        if self._qa is None or self._texts is None:
+            raise RuntimeError("KnowledgeEvalCallback.initial_eval_key called before setup")
+        model = get_model(pl_module)
+        first = next(iter(model.parameters()), None)
+        settings = {
+            "version": INITIAL_CACHE_VERSION,
+            "qa": {n: [dataclasses.astuple(r) for r in rs] for n, rs in sorted(self._qa.items())},
+            "texts": {n: texts for n, texts in sorted(self._texts.items())},
+            "limit": self.batch_size if trainer.fast_dev_run else None,
+            "max_length": self.max_length or model_max_length(model),
+            "max_new_tokens": self.max_new_tokens,
+            "batch_size": self.batch_size,
+            "stop_strings": self.stop_strings,
+            "initial_kl": self.initial_kl,
+            "world_size": trainer.world_size,
+            "threads": torch.get_num_threads(),
+            "precision": str(trainer.precision),
+            "dtype": str(first.dtype) if first is not None else None,
+            "device": pl_module.device.type,
+            "torch": torch.__version__,
+            "tokenizer": tokenizer_fingerprint(get_tokenizer(trainer, pl_module)),
+        }
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+        for name, tensor in sorted(unwrap(model).state_dict().items()):
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(
+                tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            )
+        return digest.hexdigest()
+
+    def _initial_cache_file(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path:
+        assert self.initial_cache_dir is not None
+        return self.initial_cache_dir / f"{self.initial_eval_key(trainer, pl_module)}.json"
+
+    def _load_initial(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[Path, dict[str, Any] | None]:
+        """The cache file of the "before" evaluation and, when it holds one, its figures (read on
+        global rank 0 and broadcast, so that every rank takes the same branch)."""
+        path = self._initial_cache_file(trainer, pl_module) if trainer.is_global_zero else None
+        cached = None
+        if path is not None and path.is_file():
+            try:
+                cached = json.loads(path.read_text(encoding="utf-8"))
+                cached = {"metrics": dict(cached["metrics"]), "counts": dict(cached["counts"])}
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                log.warning("initial evaluation cache %s unreadable (%s): evaluating", path, error)
+                cached = None
+        return trainer.strategy.broadcast((path, cached), src=0)
+
+    def _initial_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The "before" row: from `initial_cache_dir` when these weights were evaluated so."""
+        if self.initial_cache_dir is None:
+            self._run(trainer, pl_module, "fit_start", via_module_log=False)
+            return
+        path, cached = self._load_initial(trainer, pl_module)
+        if cached is not None:
+            self._record(
+                trainer, pl_module, "fit_start", cached["metrics"], cached["counts"], False, path
+            )
+            return
+        metrics, counts = self.evaluate(trainer, pl_module)
+        if trainer.is_global_zero and path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(path) as tmp:
+                tmp.write_text(json.dumps({"metrics": metrics, "counts": counts}), "utf-8")
+        self._record(trainer, pl_module, "fit_start", metrics, counts, via_module_log=False)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fix the initial model (`initial_kl`), then the "before" evaluation (not repeated when
@@ -386,7 +479,7 @@ class KnowledgeEvalCallback(Callback):
         if self.initial_kl:
             self._setup_reference(trainer, pl_module)
         if self.eval_on_fit_start and trainer.ckpt_path is None:
-            self._run(trainer, pl_module, "fit_start", via_module_log=False)
+            self._initial_evaluation(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Evaluate after validation: every `every_n_epochs` epochs in fit, always in `validate`."""

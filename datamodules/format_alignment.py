@@ -1250,29 +1250,16 @@ def _fmt_range(stats: dict[str, float] | None) -> str:
 def build_parser() -> Any:
     """The command's jsonargparse parser: `--config` files (with `!include`), every field of
     `FormatAlignmentConfig` as an option (its docstring is the help), and `--force`."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from experiments.config_errors import config_parser
 
-    from experiments import include  # the CLI's YAML loader with `!include` (command glue only)
-
-    parser = ArgumentParser(
-        prog="python -m datamodules.format_alignment",
-        description=(
-            "Mix-CPT stage 2's data: select the few SFT samples and preference pairs whose "
-            "format-alignment score under the stage-1 model is lowest (see the module docstring "
-            "of datamodules/format_alignment.py)."
-        ),
-        exit_on_error=False,
-        default_env=False,
-        parser_mode=include.register(),
+    return config_parser(
+        "python -m datamodules.format_alignment",
+        "Mix-CPT stage 2's data: select the few SFT samples and preference pairs whose "
+        "format-alignment score under the stage-1 model is lowest (see the module docstring "
+        "of datamodules/format_alignment.py).",
+        FormatAlignmentConfig,
+        "recompute even when output_dir holds complete outputs of the same fingerprint",
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML config file (repeatable)")
-    parser.add_class_arguments(FormatAlignmentConfig, fail_untyped=True, sub_configs=True)
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="recompute even when output_dir holds complete outputs of the same fingerprint",
-    )
-    return parser
 
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[FormatAlignmentConfig, bool]:

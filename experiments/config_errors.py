@@ -111,6 +111,27 @@ def unknown_key_error(text: str, parser: Any | None = None) -> ConfigError | Non
     return None
 
 
+def config_parser(prog: str, description: str, config_class: type, force_help: str) -> Any:
+    """The jsonargparse parser of a data command: `--config` files (repeatable, with the CLI's
+    `!include`), every field of `config_class` as an option (its docstring is the help), and
+    `--force` (`force_help`). Errors are raised, not printed (`parse_arguments` words them)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from experiments import include
+
+    parser = ArgumentParser(
+        prog=prog,
+        description=description,
+        exit_on_error=False,
+        default_env=False,
+        parser_mode=include.register(),
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML config file (repeatable)")
+    parser.add_class_arguments(config_class, fail_untyped=True, sub_configs=True)
+    parser.add_argument("--force", action="store_true", help=force_help)
+    return parser
+
+
 _TYPED_KEY = re.compile(r'^Parser key "(?P<key>[^"]+)":\s*(?P<message>.*)$')
 
 

@@ -11,7 +11,8 @@ skills. `smollm2`: SmolLM2-135M-Instruct as its configs name it (`disc/smollm2_*
 of `make real`) on the fictional corpus (`datamodules.fictional`), one seed; the columns are the QA
 on the new facts and the retention set. Every method runs at each learning rate of its grid,
 evaluating the new knowledge and the retained capabilities before training and every
-`max_steps / --evals` optimizer steps. Each method's reported checkpoint is the paper's rule over
+`ceil(max_steps / --evals)` optimizer steps (the "before" evaluation once per starting model,
+`initial_cache_dir`). Each method's reported checkpoint is the paper's rule over
 all of them (`evaluation.selection`): the best new-knowledge score whose drop on every retained
 capability is at most `--threshold`. The rows go to `<output>/results.jsonl`, the markdown table to
 `--markdown` and stdout.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import statistics
@@ -162,7 +164,7 @@ WORLD = Target(
     methods=METHODS,
     columns=COLUMNS,
     seeds=(0, 1, 2),
-    evals=5,
+    evals=4,  # every 2 of the 8 passes
     jobs=2,
     output=Path("runs/disc_table"),
     markdown=Path("docs/disc_table.md"),
@@ -218,15 +220,19 @@ def config_max_steps(config: Path) -> int:
 
 
 def evaluation_overlay(config: Path, evals: int, out_dir: Path) -> Path:
-    """A `--config` overlay: the config's callbacks with step evaluations `evals` times per run."""
+    """A `--config` overlay: the config's callbacks with step evaluations `evals` times per run
+    (every `ceil(max_steps / evals)` steps, the last at the end) and the "before" evaluation shared
+    by the runs that start from the same weights (`initial_cache_dir`: `<out_dir>/initial_evals`)."""
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
     callbacks = data["trainer"]["callbacks"]
     if isinstance(callbacks, str):
         callbacks = yaml.safe_load((config.parent / callbacks).read_text(encoding="utf-8"))
-    every = max(1, config_max_steps(config) // evals)
+    every = max(1, math.ceil(config_max_steps(config) / evals))
     for callback in callbacks:
         if callback["class_path"].endswith("KnowledgeEvalCallback"):
-            callback.setdefault("init_args", {})["every_n_train_steps"] = every
+            init_args = callback.setdefault("init_args", {})
+            init_args["every_n_train_steps"] = every
+            init_args["initial_cache_dir"] = str(out_dir / "initial_evals")
     overlay = out_dir / f"eval-{config.stem}-{evals}.yaml"
     out_dir.mkdir(parents=True, exist_ok=True)
     overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}), encoding="utf-8")
@@ -474,7 +480,7 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
         "--lrs", nargs="*", default=[], metavar="METHOD=LR,LR", help="replace a method's lr grid"
     )
     parser.add_argument(
-        "--evals", type=int, help="step evaluations per run (default: world 5, smollm2 2)"
+        "--evals", type=int, help="step evaluations per run (default: world 4, smollm2 2)"
     )
     parser.add_argument("--threshold", type=float, default=0.05, help="largest allowed drop")
     parser.add_argument("--jobs", type=int, help="runs at a time (default: world 2, smollm2 1)")

@@ -64,24 +64,16 @@ COMMANDS: dict[str, str] = {
 def build_parser(command: str) -> Any:
     """The jsonargparse parser of `command`: `--config` files (with `!include`), every field of
     `SelectionConfig`, `--force`, and the command's own options."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    from experiments import include
+    from experiments.config_errors import config_parser
 
     if command not in COMMANDS:
         raise ConfigError("command", f"must be one of {list(COMMANDS)}, got {command!r}")
-    parser = ArgumentParser(
-        prog=f"{PROG} {command}",
-        description=f"TRAIT's in-domain data selection: {COMMANDS[command]} (see "
+    parser = config_parser(
+        f"{PROG} {command}",
+        f"TRAIT's in-domain data selection: {COMMANDS[command]} (see "
         "datamodules/selection/pipeline.py).",
-        exit_on_error=False,
-        default_env=False,
-        parser_mode=include.register(),
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML config file (repeatable)")
-    parser.add_class_arguments(SelectionConfig, fail_untyped=True, sub_configs=True)
-    parser.add_argument(
-        "--force", action="store_true", help="recompute even when outputs are up to date"
+        SelectionConfig,
+        "recompute even when outputs are up to date",
     )
     if command == "train":
         parser.add_argument("--kind", type=str, default="domain", help="domain or quality")

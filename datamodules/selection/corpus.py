@@ -23,7 +23,6 @@ corpus's counts.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from common.errors import ConfigError, DataError
+from common.jsonl import BadLine, read_jsonl_lines
 from datamodules.sources import ReadStats, SourceSpec, detect_format, read_raw_fields, resolve_files
 
 log = logging.getLogger(__name__)
@@ -194,32 +194,9 @@ def _jsonl_records(spec: CorpusSpec) -> Iterator[tuple[str, Any]]:
     """`(where, record_or_problem)` per non-blank line of every JSONL file: the parsed object, or
     a `_Problem` for a line that is not UTF-8, not JSON or not an object."""
     for path in resolve_files(SourceSpec(path=spec.path, format="jsonl"), "jsonl"):
-        try:
-            handle = path.open("rb")
-        except OSError as err:
-            raise DataError(path, f"cannot read the file ({err.strerror})") from None
-        with handle:
-            for number, raw in enumerate(handle, start=1):
-                where = f"{path}:{number}"
-                raw = raw.rstrip(b"\r\n")
-                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    yield where, _Problem(f"not valid UTF-8 (byte at column {err.start + 1})")
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield where, _Problem(f"malformed JSON ({err.msg} at column {err.colno})")
-                    continue
-                if not isinstance(record, dict):
-                    yield where, _Problem(f"record must be a JSON object, got {_kind(record)}")
-                    continue
-                yield where, record
+        for number, parsed in read_jsonl_lines(path):
+            where = f"{path}:{number}"
+            yield where, _Problem(parsed.message) if isinstance(parsed, BadLine) else parsed
 
 
 @dataclass(frozen=True)

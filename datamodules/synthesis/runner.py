@@ -722,26 +722,15 @@ def run_synthesis(
 def build_parser() -> Any:
     """The command's jsonargparse parser: `--config` files (with `!include`), every field of
     `SynthesisConfig` as an option (its docstring is the help), and `--force`."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from experiments.config_errors import config_parser
 
-    from experiments import include  # the CLI's YAML loader with `!include` (command glue only)
-
-    parser = ArgumentParser(
-        prog="python -m datamodules.synthesis",
-        description=(
-            "TRAIT's task-oriented synthetic passages: problems of several downstream tasks into "
-            "one passage each (see datamodules/synthesis/)."
-        ),
-        exit_on_error=False,
-        default_env=False,
-        parser_mode=include.register(),
+    return config_parser(
+        "python -m datamodules.synthesis",
+        "TRAIT's task-oriented synthetic passages: problems of several downstream tasks into "
+        "one passage each (see datamodules/synthesis/).",
+        SynthesisConfig,
+        "delete the outputs in output_dir and start over",
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML config file (repeatable)")
-    parser.add_class_arguments(SynthesisConfig, fail_untyped=True, sub_configs=True)
-    parser.add_argument(
-        "--force", action="store_true", help="delete the outputs in output_dir and start over"
-    )
-    return parser
 
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[SynthesisConfig, bool]:

@@ -653,3 +653,60 @@ def test_stop_strings_and_extra_sets_resolved_by_the_datamodule(
         trainer.validate(module_factory(), datamodule=Resolving({}, batch), verbose=False)
         results[len(stops)] = callback.history[0]["metrics"]["knowledge/qa_em/task"]
     assert results == {0: 0.0, 1: 1.0}
+
+
+# --------------------------------------------------------------------------- initial_cache_dir
+
+
+def _cached_fit(
+    module_factory, tmp_path: Path, cache: Path, run: str, seed: int = 0, **kwargs: Any
+) -> KnowledgeEvalCallback:
+    tokenizer = module_factory().tokenizer
+    batch = pad_batch(qa_sequences(tokenizer), tokenizer.pad_token_id)
+    module = module_factory(train_batches=[batch] * 2, seed=seed)
+    settings: dict[str, Any] = {"every_n_epochs": 0, "initial_cache_dir": str(cache), **kwargs}
+    callback = _kl_callback(tmp_path, **settings)
+    callback.qa_sets = {"domain": str(qa_file(tmp_path))}
+    logger = CSVLogger(tmp_path, name=run)
+    trainer = cpu_trainer(
+        tmp_path, max_epochs=1, limit_val_batches=0, logger=logger, callbacks=[callback]
+    )
+    trainer.fit(module)
+    return callback
+
+
+def test_initial_cache_reuses_the_before_row_of_identical_weights_only(
+    module_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The second fit from the same weights and settings reads the "before" row from the cache (and
+    says so); its figures equal an evaluation without the cache. Other weights or another setting
+    miss; an unreadable entry is evaluated again and replaced."""
+    cache = tmp_path / "initial"
+    first = _cached_fit(module_factory, tmp_path, cache, "a")
+    assert "reused" not in first.history[0] and len(list(cache.glob("*.json"))) == 1
+    with caplog.at_level("INFO", logger="callbacks.knowledge_eval"):
+        second = _cached_fit(module_factory, tmp_path, cache, "b")
+    (entry,) = list(cache.glob("*.json"))
+    assert second.history[0]["reused"] == str(entry)
+    assert f"reused from {entry}" in caplog.text
+    assert second.history[0]["metrics"] == first.history[0]["metrics"]
+    assert second.history[0]["counts"] == first.history[0]["counts"]
+    plain = _cached_fit(module_factory, tmp_path, cache, "c", initial_cache_dir=None)
+    assert plain.history[0]["metrics"] == first.history[0]["metrics"]
+    assert "reused" not in plain.history[0]
+    lines = (tmp_path / "b" / "version_0" / "knowledge_eval.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["reused"] == str(entry)
+    assert [e["stage"] for e in second.history] == ["fit_start", "fit_end"]
+    assert "reused" not in second.history[-1]  # trained weights are always evaluated
+
+    other_weights = _cached_fit(module_factory, tmp_path, cache, "d", seed=1)
+    other_setting = _cached_fit(module_factory, tmp_path, cache, "e", max_new_tokens=3)
+    assert "reused" not in other_weights.history[0] and "reused" not in other_setting.history[0]
+    assert len(list(cache.glob("*.json"))) == 3
+
+    entry.write_text("{not json", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="callbacks.knowledge_eval"):
+        again = _cached_fit(module_factory, tmp_path, cache, "f")
+    assert "unreadable" in caplog.text and "reused" not in again.history[0]
+    assert again.history[0]["metrics"] == first.history[0]["metrics"]
+    assert json.loads(entry.read_text())["metrics"] == first.history[0]["metrics"]

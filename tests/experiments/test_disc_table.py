@@ -8,6 +8,7 @@ config naming smollm2 out); test_configs.py parses them with every trainer overl
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,32 @@ def test_every_method_config_exists_and_sets_max_steps(target) -> None:
         assert method.title == METHODS[method.name].title
 
 
+@pytest.mark.parametrize(
+    ("max_steps", "evals", "expected"), [(120, 4, 30), (150, 4, 38), (7, 2, 4)]
+)
+def test_overlay_evaluates_at_most_evals_times(
+    tmp_path: Path, max_steps: int, evals: int, expected: int
+) -> None:
+    """`ceil(max_steps / evals)`: `evals` evaluations in all, the last at the end of training (150
+    steps in 4 would be evaluated at 37, 74, 111, 148 and again at 150 with a floor)."""
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "max_steps": max_steps,
+                    "callbacks": [{"class_path": "callbacks.KnowledgeEvalCallback"}],
+                }
+            }
+        )
+    )
+    overlay = yaml.safe_load(evaluation_overlay(config, evals, tmp_path).read_text())
+    every = overlay["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"]
+    assert every == expected
+    steps = {s for s in range(every, max_steps + 1, every)} | {max_steps}
+    assert len(steps) == evals
+
+
 def test_overlay_adds_step_evaluations_to_the_configs_callbacks(tmp_path: Path) -> None:
     config = CONFIG_DIR / METHODS["disc"].config
     overlay = yaml.safe_load(evaluation_overlay(config, 5, tmp_path).read_text())
@@ -49,7 +76,8 @@ def test_overlay_adds_step_evaluations_to_the_configs_callbacks(tmp_path: Path) 
     knowledge = [c for c in callbacks if c["class_path"].endswith("KnowledgeEvalCallback")]
     assert len(knowledge) == 1
     every = knowledge[0]["init_args"]["every_n_train_steps"]
-    assert every == disc_table.config_max_steps(config) // 5
+    assert every == math.ceil(disc_table.config_max_steps(config) / 5)
+    assert knowledge[0]["init_args"]["initial_cache_dir"] == str(tmp_path / "initial_evals")
     fragment = yaml.safe_load((CONFIG_DIR / "callbacks" / "world_cpt.yaml").read_text())
     assert [c["class_path"] for c in callbacks] == [c["class_path"] for c in fragment]
 
