@@ -145,19 +145,10 @@ def build_causal_lm(
     torch_dtype = DTYPES[dtype]
     attn = resolve_attn_implementation(attn_implementation, key)
     if source.name_or_path is not None:
-        kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attn}
-        if source.gguf_file is not None:
-            kwargs["gguf_file"] = source.gguf_file
         name = resolve_path(source.name_or_path, key=f"{key}.model_name_or_path")
-        try:
-            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-        except (OSError, ValueError, KeyError) as error:
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise ConfigError(
-                f"{key}.model_name_or_path", f"cannot load {source.name_or_path!r}: {first}"
-            ) from None
         if source.gguf_file is not None:
-            _drop_gguf_quantizer(model, key)
+            name = str(dequantized_gguf(source, name, dtype, key))
+        model = _from_pretrained(source, name, key, dtype=torch_dtype, attn_implementation=attn)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
     else:
@@ -188,6 +179,64 @@ def build_causal_lm(
     model.config.use_cache = False
     model.train()
     return model
+
+
+def _from_pretrained(source: ModelSource, name: str, key: str, **kwargs: Any) -> nn.Module:
+    """`AutoModelForCausalLM.from_pretrained(name, **kwargs)`; a failure is one `ConfigError` line
+    naming `key.model_name_or_path`."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, KeyError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(
+            f"{key}.model_name_or_path", f"cannot load {source.name_or_path!r}: {first}"
+        ) from None
+
+
+GGUF_EXPORT_VERSION = 1
+"""Bumped when `dequantized_gguf`'s directory changes for the same GGUF file and dtype."""
+
+GGUF_CACHE_ENV = "ADAPTLM_GGUF_CACHE"
+"""The environment variable naming the cache of dequantized GGUF models (default
+`.cache/adaptlm/gguf_models`, relative to the working directory like the project's other caches)."""
+
+
+def gguf_cache_dir() -> Path:
+    """Where `dequantized_gguf` keeps its exports: `$ADAPTLM_GGUF_CACHE` or `.cache/adaptlm/gguf_models`."""
+    import os
+
+    return Path(os.environ.get(GGUF_CACHE_ENV) or ".cache/adaptlm/gguf_models")
+
+
+def dequantized_gguf(source: ModelSource, directory: str, dtype: DType, key: str) -> Path:
+    """The `save_pretrained` directory of `directory/<source.gguf_file>` dequantized to `dtype`,
+    exported into `gguf_cache_dir()` on first use.
+
+    transformers dequantizes a GGUF file on every `from_pretrained(..., gguf_file=...)` (numpy, tens
+    of seconds for SmolLM2-135M on 2 cores); the export is the same weights in safetensors, read in
+    about a second. The directory is `<gguf stem>-<fingerprint>-<dtype>` (`common.gguf`: the file's
+    name, size and modification time, the transformers version, this exporter's version), published
+    atomically, so concurrent runs may both export and either copy is kept.
+    """
+    from common.atomic import atomic_directory
+    from common.gguf import gguf_file_fingerprint
+
+    assert source.gguf_file is not None
+    gguf_path = Path(directory) / source.gguf_file
+    fingerprint = gguf_file_fingerprint(gguf_path, GGUF_EXPORT_VERSION, dtype=dtype)
+    target = gguf_cache_dir() / f"{gguf_path.stem}-{fingerprint}-{dtype}"
+    if (target / "config.json").is_file() and any((target / n).is_file() for n in WEIGHT_FILES):
+        return target
+    log.info("dequantizing %s to %s once (cached for later runs)", gguf_path, target)
+    model = _from_pretrained(
+        source, directory, key, dtype=DTYPES[dtype], gguf_file=source.gguf_file
+    )
+    _drop_gguf_quantizer(model, key)
+    with atomic_directory(target, overwrite=False) as staging:
+        model.save_pretrained(str(staging))
+    return target
 
 
 def _drop_gguf_quantizer(model: nn.Module, key: str) -> None:

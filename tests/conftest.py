@@ -29,6 +29,18 @@ TINY_CORPUS = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_gguf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of dequantized GGUF models for the whole session (`ADAPTLM_GGUF_CACHE`, inherited
+    by subprocesses): SmolLM2 is dequantized by the first test that loads it, not by every one, and
+    never into the working tree."""
+    from lightning_modules.modeling import GGUF_CACHE_ENV
+
+    directory = tmp_path_factory.mktemp("gguf_models")
+    os.environ[GGUF_CACHE_ENV] = str(directory)
+    return directory
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked `gpu` when no CUDA device is present, with the reason shown."""
     if torch.cuda.is_available():

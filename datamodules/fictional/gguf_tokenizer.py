@@ -11,13 +11,12 @@ directory, and the data stores' fingerprints see one stable tokenizer.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
 from common.atomic import atomic_directory
 from common.errors import ConfigError
+from common.gguf import gguf_file_fingerprint
 from common.paths import resolve_path
 
 log = logging.getLogger(__name__)
@@ -27,22 +26,8 @@ EXPORT_VERSION = 1
 
 
 def gguf_tokenizer_fingerprint(gguf_path: Path) -> str:
-    """A short fingerprint of the GGUF file (name, size, modification time) and this exporter.
-
-    The file is not hashed (98 MB for SmolLM2-135M): a reinstalled package gets a fresh export,
-    which is only a few seconds of work.
-    """
-    import transformers
-
-    stat = gguf_path.stat()
-    payload = {
-        "name": gguf_path.name,
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "transformers": transformers.__version__,
-        "version": EXPORT_VERSION,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    """A short fingerprint of the GGUF file and this exporter (`common.gguf`)."""
+    return gguf_file_fingerprint(gguf_path, EXPORT_VERSION)
 
 
 def export_gguf_tokenizer(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import DataError
-from common.jsonl import read_jsonl
+from common.jsonl import BadLine, read_jsonl, read_jsonl_lines
 
 
 def _write(tmp_path: Path, data: bytes) -> Path:
@@ -56,3 +56,22 @@ def test_bad_files_are_one_line_naming_file_and_line(
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="missing.jsonl: file not found"):
         list(read_jsonl(tmp_path / "missing.jsonl"))
+
+
+def test_lines_mode_yields_bad_lines_in_place_and_goes_on(tmp_path: Path) -> None:
+    """`read_jsonl_lines`: every bad line is a `BadLine` with `read_jsonl`'s message, at its line
+    number, and reading continues; an empty file is no records (not an error)."""
+    path = _write(tmp_path, b'{"a": 1}\n[1]\n{"a": "caf\xe9"}\n\n{"a": tru}\nnull\n{"b": 2}\n')
+    got = list(read_jsonl_lines(path))
+    assert [n for n, _ in got] == [1, 2, 3, 5, 6, 7]
+    assert got[0] == (1, {"a": 1}) and got[-1] == (7, {"b": 2})
+    messages = [r.message for _, r in got if isinstance(r, BadLine)]
+    assert messages == [
+        "record must be a JSON object, got list",
+        "not valid UTF-8 (byte 0xe9 at column 11)",
+        "malformed JSON (Expecting value at column 7)",
+        "record must be a JSON object, got null",
+    ]
+    assert list(read_jsonl_lines(_write(tmp_path, b"\n"))) == []
+    with pytest.raises(DataError, match="file not found"):
+        list(read_jsonl_lines(tmp_path / "missing.jsonl"))

