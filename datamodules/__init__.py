@@ -50,28 +50,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = [
-    "IGNORE_INDEX",
-    "AdaptLMError",
-    "ConfigError",
-    "DataError",
-    "GlobalStepBatchSampler",
-    "KeyedBatches",
-    "Mixture",
-    "PackedDataset",
-    "PackedRows",
-    "PackingStats",
-    "PretrainingDataModule",
-    "ReadStats",
-    "ResumableDataLoader",
-    "SampleKey",
-    "SourceSpec",
-    "StoreStats",
-    "TokenizedStore",
-    "TrainerProgress",
-    "as_source_spec",
-    "collate_rows",
-    "read_documents",
-    "store_fingerprint",
-    "validate_ratios",
-]
+__all__ = sorted(_EXPORTS)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -205,8 +206,6 @@ GGUF_CACHE_ENV = "ADAPTLM_GGUF_CACHE"
 
 def gguf_cache_dir() -> Path:
     """Where `dequantized_gguf` keeps its exports: `$ADAPTLM_GGUF_CACHE` or `.cache/adaptlm/gguf_models`."""
-    import os
-
     return Path(os.environ.get(GGUF_CACHE_ENV) or ".cache/adaptlm/gguf_models")
 
 

@@ -496,12 +496,9 @@ def train_domain_classifier(ctx: Context, *, force: bool = False) -> TrainedClas
     _check_training(d, "domain")
     path = domain_model_path(ctx.config)
     fingerprint = domain_training_fingerprint(ctx)
-    info = None if force else reusable_model(path, fingerprint)
-    if info is not None:
-        log.info(
-            "domain classifier %s is up to date (fingerprint %s); reusing it", path, fingerprint
-        )
-        return TrainedClassifier(path, info, reused=True)
+    reused = None if force else _reused_classifier("domain", path, fingerprint)
+    if reused is not None:
+        return reused
     positives, pos_summary = _read_sources(
         ctx, d.positives, "domain.positives", d.max_per_source, d.seed
     )
@@ -608,12 +605,9 @@ def train_quality_classifier(ctx: Context, *, force: bool = False) -> TrainedCla
     _check_training(c, "quality.classifier")
     path = quality_model_path(ctx.config)
     fingerprint = quality_training_fingerprint(ctx)
-    info = None if force else reusable_model(path, fingerprint)
-    if info is not None:
-        log.info(
-            "quality classifier %s is up to date (fingerprint %s); reusing it", path, fingerprint
-        )
-        return TrainedClassifier(path, info, reused=True)
+    reused = None if force else _reused_classifier("quality", path, fingerprint)
+    if reused is not None:
+        return reused
     corpus = ctx.config.corpus
     if (
         ctx.resolve(c.source, "quality.classifier.source").path
@@ -1034,6 +1028,15 @@ def _evaluate(
     ev = ctx.config.evaluation
     labels = read_labels(labels_spec, (ev.in_domain_field, ev.quality_field), key="labels_path")
     return evaluate_selection(selected_ids, labels, ev, token_counts=tokens)
+
+
+def _reused_classifier(kind: str, path: Path, fingerprint: str) -> TrainedClassifier | None:
+    """The `kind` classifier at `path` when it was trained with `fingerprint` (logged), else None."""
+    info = reusable_model(path, fingerprint)
+    if info is None:
+        return None
+    log.info("%s classifier %s is up to date (fingerprint %s); reusing it", kind, path, fingerprint)
+    return TrainedClassifier(path, info, reused=True)
 
 
 def _stats(values: np.ndarray | None) -> dict[str, float] | None:

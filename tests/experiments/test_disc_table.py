@@ -65,7 +65,7 @@ def test_overlay_evaluates_at_most_evals_times(
     overlay = yaml.safe_load(evaluation_overlay(config, evals, tmp_path).read_text())
     every = overlay["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"]
     assert every == expected
-    steps = {s for s in range(every, max_steps + 1, every)} | {max_steps}
+    steps = set(range(every, max_steps + 1, every)) | {max_steps}
     assert len(steps) == evals
 
 

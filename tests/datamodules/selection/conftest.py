@@ -3,8 +3,7 @@ small corpora written in `tmp_path`."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,17 +85,3 @@ def smoke_argv(world_cache: Path, output_dir: Path, method: str, *extra: str) ->
         str(SMOKE_BUDGET),
         *extra,
     ]
-
-
-@pytest.fixture
-def write_records(tmp_path: Path) -> Callable[[str, Sequence[Any]], Path]:
-    """`write_records(name, records)`: one JSON value (or a raw string line) per line."""
-
-    def write(name: str, records: Sequence[Any]) -> Path:
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
-        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        return path
-
-    return write

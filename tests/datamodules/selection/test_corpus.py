@@ -26,12 +26,12 @@ def _ids(spec: CorpusSpec, **kwargs: int) -> list[str]:
     return [d.id for d in iter_corpus(spec, CorpusStats(), **kwargs)]
 
 
-def test_jsonl_parquet_and_hf_give_the_same_documents(tmp_path, write_records):
+def test_jsonl_parquet_and_hf_give_the_same_documents(tmp_path, write_jsonl):
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    jsonl = write_records("c.jsonl", RECORDS)
+    jsonl = write_jsonl("c.jsonl", RECORDS)
     parquet = tmp_path / "c.parquet"
     pq.write_table(pa.Table.from_pylist(RECORDS), parquet)
     hf_dir = tmp_path / "hf"
@@ -45,7 +45,7 @@ def test_jsonl_parquet_and_hf_give_the_same_documents(tmp_path, write_records):
         assert [(d.id, d.text) for d in docs] == expected, name
 
 
-def test_bad_records_are_skipped_counted_and_named_by_file_and_line(write_records, caplog):
+def test_bad_records_are_skipped_counted_and_named_by_file_and_line(write_jsonl, caplog):
     lines = [
         RECORDS[0],
         "{not json",
@@ -60,7 +60,7 @@ def test_bad_records_are_skipped_counted_and_named_by_file_and_line(write_record
         {"id": True, "text": "a boolean is no id"},
         RECORDS[2],
     ]
-    path = write_records("bad.jsonl", lines)
+    path = write_jsonl("bad.jsonl", lines)
     stats = CorpusStats()
     with caplog.at_level(logging.WARNING, logger="datamodules.selection.corpus"):
         docs = list(iter_corpus(CorpusSpec(path=str(path)), stats))
@@ -79,8 +79,8 @@ def test_bad_records_are_skipped_counted_and_named_by_file_and_line(write_record
     assert sum(f"{path}:2:" in m for m in logged) == 1  # logged once
 
 
-def test_problems_kept_up_to_the_limit_counts_complete(write_records):
-    path = write_records("many.jsonl", ["{bad"] * (MAX_PROBLEMS + 5) + [RECORDS[0]])
+def test_problems_kept_up_to_the_limit_counts_complete(write_jsonl):
+    path = write_jsonl("many.jsonl", ["{bad"] * (MAX_PROBLEMS + 5) + [RECORDS[0]])
     stats = CorpusStats()
     assert len(read_corpus(CorpusSpec(path=str(path)), stats)) == 1
     assert stats.skipped == MAX_PROBLEMS + 5 and len(stats.problems) == MAX_PROBLEMS
@@ -100,15 +100,15 @@ def test_parquet_bad_rows_name_the_row(tmp_path):
     assert stats.problems[1].startswith(f"{path}: record 2 (0-based row): ")
 
 
-def test_positions_as_ids_and_other_fields(write_records):
-    path = write_records("c.jsonl", [{"body": "a"}, "{bad", {"body": "c"}])
+def test_positions_as_ids_and_other_fields(write_jsonl):
+    path = write_jsonl("c.jsonl", [{"body": "a"}, "{bad", {"body": "c"}])
     spec = CorpusSpec(path=str(path), id_field=None, text_field="body")
     assert [(d.id, d.text) for d in read_corpus(spec)] == [("0", "a"), ("2", "c")]
 
 
-def test_shards_partition_the_readable_documents_by_position(write_records):
+def test_shards_partition_the_readable_documents_by_position(write_jsonl):
     lines = [RECORDS[0], "{bad", *RECORDS[1:], {"id": "d3", "text": "duplicate"}]
-    spec = CorpusSpec(path=str(write_records("c.jsonl", lines)))
+    spec = CorpusSpec(path=str(write_jsonl("c.jsonl", lines)))
     whole = _ids(spec)
     assert whole == [r["id"] for r in RECORDS]
     shards = [_ids(spec, shard_index=i, num_shards=3) for i in range(3)]
@@ -122,14 +122,14 @@ def test_shards_partition_the_readable_documents_by_position(write_records):
         _ids(spec, shard_index=3, num_shards=3)
 
 
-def test_missing_and_empty_corpora_are_data_errors(tmp_path, write_records):
+def test_missing_and_empty_corpora_are_data_errors(tmp_path, write_jsonl):
     with pytest.raises(DataError, match="no such file"):
         read_corpus(CorpusSpec(path=str(tmp_path / "absent.jsonl")))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n", encoding="utf-8")
     with pytest.raises(DataError, match="no readable document among 0 records"):
         read_corpus(CorpusSpec(path=str(empty)))
-    bad = write_records("bad.jsonl", ["{bad", {"id": "a"}])
+    bad = write_jsonl("bad.jsonl", ["{bad", {"id": "a"}])
     with pytest.raises(DataError, match=r"no readable document among 2 records \(first problem: "):
         read_corpus(CorpusSpec(path=str(bad)))
 

@@ -80,10 +80,10 @@ def test_selection_metrics_on_hand_made_labels():
     assert other["precision"] == 1.0 and other["low_quality_share"] == 1.0
 
 
-def test_labels_are_read_strictly(write_records):
-    path = write_records("labels.jsonl", [{"id": "a", "in_domain": True}, {"id": "b"}])
+def test_labels_are_read_strictly(write_jsonl):
+    path = write_jsonl("labels.jsonl", [{"id": "a", "in_domain": True}, {"id": "b"}])
     labels = read_labels(LabelsSpec(path=str(path)), ("in_domain",))
     assert labels == {"a": {"in_domain": True}, "b": {}}
-    dup = write_records("dup.jsonl", [{"id": "a"}, {"id": "a"}])
+    dup = write_jsonl("dup.jsonl", [{"id": "a"}, {"id": "a"}])
     with pytest.raises(DataError, match=rf"{dup}:2: duplicate id 'a'"):
         read_labels(LabelsSpec(path=str(dup)), ("in_domain",))

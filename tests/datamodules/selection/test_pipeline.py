@@ -199,7 +199,7 @@ def test_bad_input_is_one_line_and_exit_status_2(world_cache, tmp_path, caplog, 
 
 
 def test_missing_model_file_and_no_positives_in_the_step_commands(
-    world_cache, tmp_path, write_records, caplog
+    world_cache, tmp_path, write_jsonl, caplog
 ):
     common = smoke_argv(world_cache, tmp_path, "fasttext")
     missing = [
@@ -212,7 +212,7 @@ def test_missing_model_file_and_no_positives_in_the_step_commands(
     ]
     assert _exit_code(missing) == 2
     assert "'scorer.path': no such fastText .bin model file" in caplog.records[-1].getMessage()
-    unreadable = write_records("positives.jsonl", ["{broken", "{also broken"])
+    unreadable = write_jsonl("positives.jsonl", ["{broken", "{also broken"])
     no_positives = [
         "train",
         *common,
