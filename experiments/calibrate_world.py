@@ -34,7 +34,7 @@ def retained(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def run_cpt(
-    base: Path, qa_format: str, lr: float, seed: int, size_args: Sequence[str], out: Path
+    base: Path, qa_format: str, lr: float, seed: int, run_args: Sequence[str], out: Path
 ) -> tuple[dict, dict]:
     """One CPT run (the demo's, at `lr`, `seed` and `qa_format`); returns the metrics before and
     after."""
@@ -47,7 +47,7 @@ def run_cpt(
         f"--seed_everything={seed}",
         f"--data.init_args.world.seed={seed}",
         f"--trainer.logger.init_args.name=cpt-{qa_format}-lr{lr:g}",
-        *size_args,
+        *run_args,
     ]
     return before_and_after(demo_cpt(base, out, extra))
 
@@ -98,7 +98,13 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run the grid and print the table."""
-    from experiments.world_models import DEFAULT_CACHE_DIR, SIZES, build_world_models, world_config
+    from experiments.world_models import (
+        DEFAULT_CACHE_DIR,
+        SIZES,
+        build_world_models,
+        world_config,
+        worlds_dir,
+    )
 
     parser = argparse.ArgumentParser(
         prog="python -m experiments.calibrate_world", description=__doc__.split("\n\n")[0]
@@ -133,9 +139,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     )
 
     rows: list[dict[str, Any]] = []
-    size_args = list(options.cpt_args)
+    run_args = [f"--data.init_args.world_cache_dir={worlds_dir(options.cache_dir)}"]
+    run_args += options.cpt_args
     if options.size != "default":
-        size_args.append(f"--data.init_args.world={world_config(options.size)}")
+        run_args.append(f"--data.init_args.world={world_config(options.size)}")
     for seed in options.seeds:
         models = build_world_models(options.size, seed, options.cache_dir, options.bases)
         for base in options.bases:
@@ -146,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     qa_format,
                     lr,
                     seed,
-                    size_args,
+                    run_args,
                     options.output.parent / f"seed{seed}",
                 )
                 row = summarize(

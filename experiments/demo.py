@@ -3,7 +3,9 @@
 1. Build the synthetic knowledge world and the calibrated `pretrained` base model
    (`python -m experiments world-models --stages pretrained`; cached, so a second run reuses it).
 2. Continue pre-training it on the *new-domain* articles (plain CPT: `CausalLMModule`,
-   `experiments/configs/cpt/world_base.yaml`).
+   `experiments/configs/cpt/world_base.yaml`) for `--cpt-steps` steps: 60 by default, half of the
+   calibration run's 120 (`experiments.calibrate_world`, docs/world.md), so that a fresh machine,
+   which must first train the base model, finishes within five minutes on two cores.
 3. Print a before/after table: new-domain QA exact match (questions worded as never in training),
    general QA exact match (QA-trained entities, and entities known from documents only), and
    held-out perplexity on domain and general text.
@@ -24,9 +26,10 @@ from typing import Any
 
 from callbacks import KnowledgeEvalCallback
 from experiments.cli import build_cli, find_callback
-from experiments.world_models import DEFAULT_CACHE_DIR, build_world_models
+from experiments.world_models import DEFAULT_CACHE_DIR, build_world_models, worlds_dir
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEMO_CPT_STEPS = 60
 log = logging.getLogger("experiments.demo")
 
 ROWS = [
@@ -82,7 +85,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument(
         "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where base models are cached"
     )
+    parser.add_argument(
+        "--cpt-steps",
+        type=int,
+        default=DEMO_CPT_STEPS,
+        help="steps of continual pre-training (the calibration run of docs/world.md takes 120)",
+    )
     options = parser.parse_args(argv)
+    if options.cpt_steps < 1:
+        parser.error(f"--cpt-steps must be a positive number of steps, got {options.cpt_steps}")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -90,11 +101,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     started = time.perf_counter()
     base = build_world_models("default", 0, options.cache_dir, ["pretrained"])["pretrained"]
     log.info("base model: %s", base.path)
-    cpt = run_cpt(base.path, options.output_dir)
+    cpt_args = [
+        f"--trainer.max_steps={options.cpt_steps}",
+        f"--data.init_args.world_cache_dir={worlds_dir(options.cache_dir)}",
+    ]
+    cpt = run_cpt(base.path, options.output_dir, cpt_args)
     before, after = before_and_after(cpt)
     wall = time.perf_counter() - started
 
-    sys.stdout.write("\nContinual pre-training on the synthetic world's new-domain documents\n\n")
+    sys.stdout.write(
+        f"\nContinual pre-training on the synthetic world's new-domain documents"
+        f" ({options.cpt_steps} steps)\n\n"
+    )
     sys.stdout.write(format_table(before, after) + "\n\n")
     sys.stdout.write(f"wall time: {wall:.0f} s (runs under {options.output_dir})\n")
     sys.stdout.flush()

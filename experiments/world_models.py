@@ -55,6 +55,12 @@ def stage_config(size: str, stage: str) -> Path:
     return CONFIG_DIR / size / f"{stage}.yaml"
 
 
+def worlds_dir(cache_dir: str | Path) -> Path:
+    """Where the base models of `cache_dir` materialize their worlds; a run adapting one of them
+    passes it as `--data.init_args.world_cache_dir` to reuse that world instead of building it again."""
+    return Path(cache_dir) / "worlds"
+
+
 def world_config(size: str) -> Path:
     """The world of one size (`experiments/configs/world/<size>.yaml`), passed to every stage."""
     return WORLD_CONFIG_DIR / f"{size}.yaml"
@@ -154,7 +160,7 @@ def _train_stage(
         f"--data.init_args.world={world_config(size)}",
         f"--seed_everything={seed}",
         f"--data.init_args.world.seed={seed}",
-        f"--data.init_args.world_cache_dir={cache_dir / 'worlds'}",
+        f"--data.init_args.world_cache_dir={worlds_dir(cache_dir)}",
         f"--trainer.default_root_dir={logs}",
         f"--trainer.logger.init_args.save_dir={logs}",
         f"--trainer.logger.init_args.name={stage}",
