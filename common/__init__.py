@@ -1,7 +1,8 @@
 """What every package of adaptlm may import: user-facing errors, the ignore index, tokenizer loading.
 
 Submodules: `common.atomic` (crash-safe files and directories), `common.jsonl` (the validated JSONL
-reader), `common.text` (answer normalization for exact match). It imports no other adaptlm package
+reader), `common.text` (answer normalization for exact match), `common.summary` (score statistics
+for manifests). It imports no other adaptlm package
 (`losses` imports nothing from the project at all).
 """
 

@@ -99,6 +99,7 @@ from common import IGNORE_INDEX, ConfigError, DataError
 from common.atomic import atomic_directory
 from common.jsonl import read_jsonl
 from common.paths import is_local_path, resolve_path
+from common.summary import finite_summary
 from datamodules.sources import SourceSpec, detect_format, resolve_files, source_fingerprint
 from datamodules.store import completion_mask, tokenize_with_offsets, tokenizer_fingerprint
 from datamodules.world.config import WorldConfig
@@ -958,18 +959,6 @@ def _check_output_dir(directory: Path) -> None:
         )
 
 
-def _stats(values: np.ndarray) -> dict[str, float] | None:
-    finite = values[~np.isnan(values)]
-    if finite.size == 0:
-        return None
-    return {
-        "min": float(finite.min()),
-        "max": float(finite.max()),
-        "mean": float(finite.mean()),
-        "median": float(np.median(finite)),
-    }
-
-
 def _jsonl(records: Sequence[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
 
@@ -1095,8 +1084,8 @@ def _select_set(
             if strata is None
             else {v: sum(strata[i] == v for i in chosen) for v in dict.fromkeys(strata)}
         ),
-        "score_stats": _stats(scores.score),
-        "selected_score_stats": _stats(scores.score[chosen] if chosen else np.zeros(0)),
+        "score_stats": finite_summary(scores.score),
+        "selected_score_stats": finite_summary(scores.score[chosen] if chosen else np.zeros(0)),
         "target_tokens": int(scores.targets[scored].sum()),
     }
     return selected, summary

@@ -44,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 
 from common.errors import ConfigError, DataError
+from common.summary import finite_summary
 from datamodules.selection.corpus import (
     WORLD_SCHEME,
     CorpusSpec,
@@ -957,8 +958,8 @@ def run_selection(config: SelectionConfig, *, force: bool = False) -> RunResult:
     manifest = _manifest(
         config, fingerprint, stats, documents, total_tokens, chosen, classifiers, metrics, files
     )
-    manifest["scores_stats"] = _stats(scores)
-    manifest["quality_scores_stats"] = _stats(quality)
+    manifest["scores_stats"] = finite_summary(scores)
+    manifest["quality_scores_stats"] = finite_summary(quality)
     manifest["wall_s"] = round(time.perf_counter() - started, 3)
     write_json(ctx.output_dir / MANIFEST, manifest)
     log.info(
@@ -1037,20 +1038,6 @@ def _reused_classifier(kind: str, path: Path, fingerprint: str) -> TrainedClassi
         return None
     log.info("%s classifier %s is up to date (fingerprint %s); reusing it", kind, path, fingerprint)
     return TrainedClassifier(path, info, reused=True)
-
-
-def _stats(values: np.ndarray | None) -> dict[str, float] | None:
-    if values is None or values.size == 0:
-        return None
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return None
-    return {
-        "min": float(finite.min()),
-        "max": float(finite.max()),
-        "mean": float(finite.mean()),
-        "median": float(np.median(finite)),
-    }
 
 
 def _manifest(
@@ -1187,7 +1174,7 @@ def select_from_scores(
         {SELECTED: digest(path)},
     )
     manifest["inputs"] = {"scores": scores_path, "quality_scores": quality_scores_path}
-    manifest["scores_stats"] = _stats(scores)
+    manifest["scores_stats"] = finite_summary(scores)
     manifest["wall_s"] = round(time.perf_counter() - started, 3)
     write_json(ctx.output_dir / MANIFEST, manifest)
     log.info(
