@@ -19,7 +19,7 @@ reference step (torch.profiler: matmul, attention, everything else). The project
 `first step + 700 × median step`; the first step holds the compilation of `compiled_blocks`, into
 a fresh inductor cache (what a fresh machine pays).
 
-    python -m benchmarks.bench_world_build            # ≈ 2 min on 2 cores
+    python -m benchmarks.bench_world_build            # ≈ 1 min on 2 cores
     python -m benchmarks.bench_world_build --quick    # fewer rounds
 
 Another variant changes the floating-point order and so the trained model (as another thread count
