@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,7 +39,6 @@ from typing import Any
 from benchmarks._harness import (
     Timing,
     command_line,
-    first_steps,
     make_step,
     model_shape,
     round_robin,
@@ -112,7 +110,10 @@ def build_steps(world_cache_dir: str) -> tuple[dict[str, Any], dict[str, int], d
         module, optimizer = train_with_adamw(module)
         step = make_step(module, optimizer, batch)
         steps[variant] = autocast_step(step) if variant == "bf16_autocast" else step
-        shape = model_shape(module)
+        shape = {
+            **model_shape(module),
+            "intermediate": module.transformer_model().config.intermediate_size,
+        }
     return steps, shape, batch
 
 
@@ -225,23 +226,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads, env, log, started = start(args)
     steps, shape, batch = build_steps(args.world_cache_dir)
     log(f"built {len(steps)} variants; model {shape}")
-    first_times = {}
+    first_times, first_losses = {}, {}
     for v, step in steps.items():
         t0 = time.perf_counter()
-        first_steps({v: step})
+        first_losses[v] = step()
         first_times[v] = time.perf_counter() - t0
     log("first steps: " + ", ".join(f"{v} {s:.1f} s" for v, s in first_times.items()))
     timing = {v: Timing() for v in steps}
-    warm_up(steps, timing, {v: float("nan") for v in steps}, args.warmup)
+    warm_up(steps, timing, first_losses, args.warmup)
     round_robin(steps, timing, args.repeats, args.steps, log)
 
-    from experiments.include import load_yaml
-
-    model_config = load_yaml(
-        (REPO / "experiments/configs/model/world_base.yaml").read_text(encoding="utf-8")
-    )
     tokens = int(batch["input_ids"].numel())
-    shapes = matmul_shapes(shape, tokens, int(model_config["intermediate_size"]))
+    shapes = matmul_shapes(shape, tokens, shape["intermediate"])
     rates = gemm_rates(shapes, repeats=3 if args.quick else 5)
     split = profile_split(steps["reference"], steps=2 if args.quick else 4)
     report = timing_report(timing)
@@ -260,10 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "gemm_gflops": rates,
         "matmul_s_at_gemm_rates": matmul_s,
         "profile_split_s": split,
-        "median_ratio": {
-            v: statistics.median(timing[v].times) / statistics.median(timing["reference"].times)
-            for v in steps
-        },
+        "median_ratio": {v: report[v]["median"] / report["reference"]["median"] for v in steps},
     }
     write_results("bench_world_build", args, full, text, started)
     return full

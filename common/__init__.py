@@ -2,8 +2,8 @@
 
 Submodules: `common.atomic` (crash-safe files and directories), `common.jsonl` (the validated JSONL
 reader), `common.text` (answer normalization for exact match), `common.summary` (score statistics
-for manifests). It imports no other adaptlm package
-(`losses` imports nothing from the project at all).
+for manifests). It imports no other adaptlm package (`losses` imports nothing from the project at
+all).
 """
 
 from common.errors import AdaptLMError, ConfigError, DataError, find_user_error

@@ -8,7 +8,8 @@ import numpy as np
 
 def finite_summary(values: np.ndarray | None) -> dict[str, float | int] | None:
     """`{"min", "max", "mean", "median"}` of the finite entries of `values`, plus `"non_finite"`
-    (their count) when some are NaN (a skipped item's score) or infinite; None when there is no finite entry."""
+    (their count) when some are NaN (a skipped item's score) or infinite; None when there is no
+    finite entry."""
     if values is None:
         return None
     values = np.asarray(values, dtype=np.float64)

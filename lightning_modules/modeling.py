@@ -61,7 +61,7 @@ class ModelSource:
     Args:
         name_or_path: A hub id, a local `save_pretrained` directory, or the directory holding `gguf_file`;
             `pkg:<module>` names an installed package's directory (see `common.paths`).
-        gguf_file: A GGUF file inside `name_or_path` (dequantized by transformers on load).
+        gguf_file: A GGUF file inside `name_or_path` (dequantized once, then cached: `dequantized_gguf`).
         config: Keyword arguments of a transformers config for a fresh model, e.g.
             `{model_type: llama, hidden_size: 64, ...}`; `vocab_size` and special token ids come from
             the tokenizer.
