@@ -15,7 +15,9 @@ initial weights, in rounds whose order rotates:
 
 It also measures float32 GEMM throughput on the step's own matmul shapes, so the report says how
 much of the reference step the matmuls would take at that rate, and the op-level split of the
-reference step (torch.profiler: matmul, attention, everything else). The projected build time is
+reference step (torch.profiler: matmul, attention, everything else), and the bytes the everything
+else reads and writes per step against the machine's copy bandwidth: where moving them takes most
+of their time, those ops are memory-bound and only fusing them can save it. The projected build time is
 `first step + 700 × median step`; the first step holds the compilation of `compiled_blocks`, into
 a fresh inductor cache (what a fresh machine pays).
 
@@ -155,6 +157,16 @@ def matmul_seconds(shapes: Sequence[tuple[int, ...]], rates: dict[str, float]) -
     return total
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")
+
+
+def op_group(name: str) -> str:
+    """`matmul`, `attention` or `other` for an aten op name (`aten::mm`)."""
+    if name in MATMUL_OPS:
+        return "matmul"
+    return "attention" if "scaled_dot_product" in name else "other"
+
+
 def profile_split(step, steps: int) -> dict[str, float]:
     """Seconds per step of the reference step's ops, split into matmul, attention and the rest."""
     from torch.profiler import ProfilerActivity, profile
@@ -164,14 +176,57 @@ def profile_split(step, steps: int) -> dict[str, float]:
             step()
     split = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
     for event in prof.key_averages():
-        seconds = event.self_cpu_time_total / 1e6 / steps
-        if event.key in ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm"):
-            split["matmul"] += seconds
-        elif "scaled_dot_product" in event.key:
-            split["attention"] += seconds
-        else:
-            split["other"] += seconds
+        split[op_group(event.key)] += event.self_cpu_time_total / 1e6 / steps
     return split
+
+
+def moves_data(func: Any) -> bool:
+    """Whether an aten op overload reads or writes tensor data: not a view (`_unsafe_view`
+    included, which its schema does not mark) and not an uninitialized allocation."""
+    name = func._schema.name
+    return not (func.is_view or name == "aten::_unsafe_view" or "empty" in name)
+
+
+def rest_traffic_bytes(step) -> int:
+    """Bytes one run of `step` moves through its `other` ops: the tensor inputs each reads and the
+    outputs it writes (`moves_data`: views and allocations move nothing)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    moved = 0
+
+    class CountTraffic(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal moved
+            out = func(*args, **(kwargs or {}))
+            if moves_data(func) and op_group(func._schema.name) == "other":
+                moved += sum(
+                    t.numel() * t.element_size()
+                    for t in tree_leaves((args, kwargs, out))
+                    if isinstance(t, torch.Tensor)
+                )
+            return out
+
+    with CountTraffic():
+        step()
+    return moved
+
+
+def copy_bandwidth(repeats: int, megabytes: int = 256) -> float:
+    """Best GB/s (bytes read plus bytes written) of copying a float32 tensor much larger than the
+    caches: the rate at which memory-bound element-wise ops can move their operands."""
+    import torch
+
+    source = torch.randn(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * source.numel() * source.element_size() / best / 1e9
 
 
 def report_text(
@@ -180,6 +235,8 @@ def report_text(
     matmul_s: float,
     split: dict[str, float],
     rates: dict[str, float],
+    rest_bytes: int,
+    bandwidth: float,
 ) -> str:
     reference = timing["reference"]["median"]
     lines = [
@@ -195,6 +252,7 @@ def report_text(
             f"{t['median'] / reference:.2f} | {first[v]:.1f} | {projected:.0f} |"
         )
     profiled = sum(split.values())
+    rest_s = rest_bytes / (bandwidth * 1e9)
     lines += [
         "",
         "Reference step by op (torch.profiler, self time per step): "
@@ -203,6 +261,9 @@ def report_text(
         f"({matmul_s / reference:.0%} of the reference step's median).",
         "float32 GEMM GFLOP/s on the step's shapes: "
         + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()),
+        f"The other ops read and write {rest_bytes / 1e9:.2f} GB per step; at the measured copy "
+        f"bandwidth ({bandwidth:.1f} GB/s) moving it takes {rest_s * 1e3:.0f} ms "
+        f"({rest_s / split['other']:.0%} of their profiled time).",
     ]
     return "\n".join(lines)
 
@@ -240,9 +301,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shapes = matmul_shapes(shape, tokens, shape["intermediate"])
     rates = gemm_rates(shapes, repeats=3 if args.quick else 5)
     split = profile_split(steps["reference"], steps=2 if args.quick else 4)
+    rest_bytes = rest_traffic_bytes(steps["reference"])
+    bandwidth = copy_bandwidth(repeats=3 if args.quick else 10)
     report = timing_report(timing)
     matmul_s = matmul_seconds(shapes, rates)
-    text = report_text(report, first_times, matmul_s, split, rates)
+    text = report_text(report, first_times, matmul_s, split, rates, rest_bytes, bandwidth)
 
     full = {
         "command": command_line("benchmarks.bench_world_build", argv),
@@ -256,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "gemm_gflops": rates,
         "matmul_s_at_gemm_rates": matmul_s,
         "profile_split_s": split,
+        "other_ops_bytes_per_step": rest_bytes,
+        "copy_bandwidth_gb_s": bandwidth,
         "median_ratio": {v: report[v]["median"] / report["reference"]["median"] for v in steps},
     }
     write_results("bench_world_build", args, full, text, started)

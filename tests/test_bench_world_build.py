@@ -23,3 +23,30 @@ def test_the_step_matmuls_are_the_decoder_and_head_flops() -> None:
 def test_gemm_rates_are_measured_for_every_shape() -> None:
     rates = B.gemm_rates([(64, 32, 16, 1), (32, 16, 8, 2)], repeats=1)
     assert set(rates) == {"64x32x16", "32x16x8"} and all(r > 0 for r in rates.values())
+
+
+def test_rest_traffic_counts_element_wise_operands_not_matmuls_or_views() -> None:
+    import torch
+
+    a, b = torch.ones(1000), torch.ones(1000)
+    m = torch.ones(8, 8)
+
+    def step() -> None:
+        product = a * b  # reads 2 x 4000 bytes, writes 4000
+        product.view(10, 100).t()  # views: nothing moved
+        torch.ops.aten._unsafe_view(product, (10, 100))
+        torch.empty_like(product)
+        m @ m  # a matmul: counted with the matmuls, not here
+        torch.empty(500)  # uninitialized: nothing written
+
+    assert B.rest_traffic_bytes(step) == 3 * 4000
+
+
+def test_copy_bandwidth_is_a_positive_rate() -> None:
+    assert B.copy_bandwidth(repeats=2, megabytes=4) > 0
+
+
+def test_op_groups_match_the_profiler_names() -> None:
+    assert B.op_group("aten::mm") == "matmul"
+    assert B.op_group("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert B.op_group("aten::mul") == "other"
