@@ -17,8 +17,8 @@ It also measures float32 GEMM throughput on the step's own matmul shapes, so the
 much of the reference step the matmuls would take at that rate, and the op-level split of the
 reference step (torch.profiler: matmul, attention, everything else), and the bytes the everything
 else reads and writes per step against the machine's copy bandwidth: where moving them takes most
-of their time, those ops are memory-bound and only fusing them can save it. The projected build time is
-`first step + 700 × median step`; the first step holds the compilation of `compiled_blocks`, into
+of their time, those ops are memory-bound and only fusing them can save it. The projected build
+time is `first step + 700 × median step`; the first step holds the compilation of `compiled_blocks`, into
 a fresh inductor cache (what a fresh machine pays).
 
     python -m benchmarks.bench_world_build            # ≈ 1 min on 2 cores
@@ -31,10 +31,11 @@ does, docs/world.md); only a large speed-up would justify one.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,17 @@ def matmul_shapes(shape: dict[str, int], tokens: int, intermediate: int) -> list
     ]
 
 
+def best_seconds(run: Callable[[], Any], repeats: int, calls: int = 1) -> float:
+    """The shortest of `repeats` timings of `calls` back-to-back calls of `run`, per call."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            run()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best
+
+
 def gemm_rates(shapes: Sequence[tuple[int, ...]], repeats: int) -> dict[str, float]:
     """Measured float32 GEMM GFLOP/s of each `m×k @ k×n` (best of `repeats` runs of 10)."""
     import torch
@@ -139,12 +151,7 @@ def gemm_rates(shapes: Sequence[tuple[int, ...]], repeats: int) -> dict[str, flo
         a, b = torch.randn(m, k), torch.randn(k, n)
         for _ in range(3):
             a @ b
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(10):
-                a @ b
-            best = min(best, (time.perf_counter() - t0) / 10)
+        best = best_seconds(functools.partial(torch.matmul, a, b), repeats, calls=10)
         rates[f"{m}x{k}x{n}"] = 2.0 * m * k * n / best / 1e9
     return rates
 
@@ -221,11 +228,7 @@ def copy_bandwidth(repeats: int, megabytes: int = 256) -> float:
     source = torch.randn(megabytes * 2**20 // 4)
     target = torch.empty_like(source)
     target.copy_(source)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        target.copy_(source)
-        best = min(best, time.perf_counter() - t0)
+    best = best_seconds(lambda: target.copy_(source), repeats)
     return 2.0 * source.numel() * source.element_size() / best / 1e9
 
 
